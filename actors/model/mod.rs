@@ -1,0 +1,100 @@
+//! The shared model: apply status, current-state document, capabilities.
+//! Wire shapes follow spec/helios-api-v3.md §4.3 (status) and §4.4 (the Device document).
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// State of the apply loop as served by `GET /v3/status` (spec §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum UpdateStatus {
+    #[default]
+    #[serde(rename = "done")]
+    Done,
+    #[serde(rename = "applying changes")]
+    ApplyingChanges,
+    #[serde(rename = "aborted")]
+    Aborted,
+    #[serde(rename = "rejected")]
+    Rejected,
+    #[serde(rename = "interrupted")]
+    Interrupted,
+}
+
+impl std::fmt::Display for UpdateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpdateStatus::Done => "done",
+            UpdateStatus::ApplyingChanges => "applying changes",
+            UpdateStatus::Aborted => "aborted",
+            UpdateStatus::Rejected => "rejected",
+            UpdateStatus::Interrupted => "interrupted",
+        })
+    }
+}
+
+/// The current-state Device document of `GET /v3/device` (spec §4.4).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub uuid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub images: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub apps: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<serde_json::Value>,
+}
+
+/// What the current-state bus carries: the device as last read or changed, and the loop status.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CurrentState {
+    pub status: UpdateStatus,
+    pub device: DeviceState,
+}
+
+/// The container engine as found by the last probe.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+}
+
+/// The system bus as found by the last probe.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BusInfo {
+    pub address: String,
+    pub login1: bool,
+    pub systemd1: bool,
+    pub hostname1: bool,
+}
+
+/// What the host environment offers, as detected at start and kept up to date by the actors
+/// that own each part (served at `GET /v3/capabilities`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Capabilities {
+    /// None while the engine cannot be reached.
+    pub engine: Option<EngineInfo>,
+    /// None while the system bus cannot be reached.
+    pub bus: Option<BusInfo>,
+    pub remote: RemoteCapability,
+    pub legacy_supervisor: LegacyCapability,
+    pub host_os: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteCapability {
+    #[default]
+    Unmanaged,
+    Configured,
+    Provisioning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegacyCapability {
+    #[default]
+    NotConfigured,
+    Configured,
+}

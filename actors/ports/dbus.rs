@@ -1,0 +1,67 @@
+//! System bus port (zbus): connects to the bus and tells which host services it offers.
+use crate::model::BusInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("system bus unreachable at {address}")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("system bus call {call} failed")]
+    Call {
+        call: &'static str,
+        #[source]
+        source: zbus::Error,
+    },
+}
+
+/// A connection to the system bus.
+#[derive(Clone)]
+pub struct Bus {
+    conn: zbus::Connection,
+    address: String,
+}
+
+impl Bus {
+    pub async fn connect(address: &str) -> Result<Bus, BusError> {
+        let unreachable = |source| BusError::Unreachable {
+            address: address.to_string(),
+            source,
+        };
+        let conn = zbus::connection::Builder::address(address)
+            .build()
+            .await
+            .map_err(unreachable)?;
+        Ok(Bus {
+            conn,
+            address: address.to_string(),
+        })
+    }
+
+    pub fn connection(&self) -> &zbus::Connection {
+        &self.conn
+    }
+
+    /// Which of the host services helios uses are on the bus now.
+    pub async fn probe(&self) -> Result<BusInfo, BusError> {
+        let dbus = zbus::fdo::DBusProxy::new(&self.conn)
+            .await
+            .map_err(|source| BusError::Call {
+                call: "DBus proxy",
+                source,
+            })?;
+        let names = dbus.list_names().await.map_err(|e| BusError::Call {
+            call: "ListNames",
+            source: e.into(),
+        })?;
+        let has = |n: &str| names.iter().any(|x| x.as_str() == n);
+        Ok(BusInfo {
+            address: self.address.clone(),
+            login1: has("org.freedesktop.login1"),
+            systemd1: has("org.freedesktop.systemd1"),
+            hostname1: has("org.freedesktop.hostname1"),
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! Startup wiring: opens the store, builds the buses, starts the five actors under
+//! `actix::Supervisor`, binds the API, then waits for a stop signal or an escalation and shuts
+//! down in order (API, store flush). This is the only place that knows every actor.
+use std::future::Future;
+use std::time::Duration;
+
+use actix::Supervisor;
+use log::{error, info, warn};
+use tokio::sync::mpsc;
+
+use helios_actors::bus::{CapsBus, StateBus, TargetBus};
+use helios_actors::host::HostActor;
+use helios_actors::model::{
+    Capabilities, CurrentState, DeviceState, LegacyCapability, RemoteCapability,
+};
+use helios_actors::poll::PollActor;
+use helios_actors::ports::store::{Opened, Store};
+use helios_actors::proxy::ProxyActor;
+use helios_actors::report::ReportActor;
+use helios_actors::seek::SeekActor;
+use helios_actors::supervise::{Fatal, Restarts};
+use helios_actors::ErrorChain;
+
+use crate::api::{self, ApiState, ListenAddr};
+use crate::config::{self, Config, Layer, RemoteMode};
+use crate::exit::ExitCode;
+
+/// Runs the agent until `shutdown` resolves or an actor escalates. `on_listen` is told the
+/// bound API addresses (tests use port 0).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_listen: impl FnOnce(&[ListenAddr]),
+) -> ExitCode {
+    info!(version:% = crate::version::VERSION, commit:% = crate::version::GIT_COMMIT,
+        built:% = crate::version::build_time(), decision = "start"; "helios starting");
+    info!(path:% = config.config_path.display(), decision = "config"; "Config file");
+    info!(uuid:% = config.uuid, decision = "identity",
+        reason = if config.uuid_generated { "generated" } else { "configured" }; "Device identity");
+    persist_generated(&config);
+
+    if let Err(e) = std::fs::create_dir_all(&config.host.runtime_dir) {
+        warn!(capability = "runtime_dir", path:% = config.host.runtime_dir.display(), error:% = e,
+            decision = "missing"; "Runtime dir not writable");
+    } else {
+        info!(capability = "runtime_dir", path:% = config.host.runtime_dir.display(), decision = "found"; "Capability found");
+    }
+
+    let (store, opened) = match Store::open(&config.store.dir, config.store.cache_capacity) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(path:% = config.store.dir.display(), error:% = ErrorChain(&e),
+                decision = "exit"; "Store cannot be created");
+            return ExitCode::Startup;
+        }
+    };
+    if let Opened::Recovered { moved_to, reason } = &opened {
+        warn!(moved_to:% = moved_to.display(), reason:% = reason, decision = "rebuild";
+            "Store was unreadable; rebuilding from the engine and the next target");
+    }
+    let targets = match TargetBus::new(store.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error:% = ErrorChain(&e), decision = "exit"; "Store unreadable after open");
+            return ExitCode::Startup;
+        }
+    };
+
+    let caps = CapsBus::new(initial_caps(&config));
+    log_configured_caps(&caps.get(), &config);
+    let state = StateBus::new(CurrentState {
+        device: DeviceState {
+            uuid: config.uuid.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<Fatal>();
+    let restarts = |actor| Restarts::new(actor, config.supervision.clone(), fatal_tx.clone());
+
+    // Keep the addresses: a Supervisor restarts its actor only while an address is alive.
+    let seek = {
+        let (s, e, t, st, c, r) = (
+            config.seek.clone(),
+            config.engine.clone(),
+            targets.clone(),
+            state.clone(),
+            caps.clone(),
+            restarts("seek"),
+        );
+        Supervisor::start(move |_| SeekActor::new(s, e, t, st, c, r))
+    };
+    let poll = {
+        let remote = match &config.remote {
+            RemoteMode::Unmanaged => None,
+            RemoteMode::Managed(r) | RemoteMode::Provisioning { remote: r, .. } => Some(r.clone()),
+        };
+        let r = restarts("poll");
+        Supervisor::start(move |_| PollActor::new(remote, r))
+    };
+    let report = {
+        let managed = !matches!(config.remote, RemoteMode::Unmanaged);
+        let r = restarts("report");
+        Supervisor::start(move |_| ReportActor::new(managed, r))
+    };
+    let proxy = {
+        let legacy = config.legacy.as_ref().map(|l| l.endpoint.clone());
+        let r = restarts("proxy");
+        Supervisor::start(move |_| ProxyActor::new(legacy, r))
+    };
+    let host = {
+        let (h, c, r) = (config.host.clone(), caps.clone(), restarts("host"));
+        Supervisor::start(move |_| HostActor::new(h, c, r))
+    };
+    let _actors = (seek, poll, report, proxy, host);
+
+    let api_state = ApiState {
+        targets,
+        state,
+        caps,
+    };
+    let (server, bound) = match api::bind(
+        &config.listen,
+        api_state,
+        config.api_workers,
+        config.api_max_body_bytes,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error:% = ErrorChain(&e), decision = "exit"; "API cannot listen");
+            return ExitCode::Startup;
+        }
+    };
+    on_listen(&bound);
+    let handle = server.handle();
+    actix::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error:% = e, decision = "stop"; "API server failed");
+        }
+    });
+
+    let code = tokio::select! {
+        _ = shutdown => {
+            info!(decision = "stop", reason = "signal"; "Shutting down");
+            ExitCode::Ok
+        }
+        Some(f) = fatal_rx.recv() => {
+            error!(actor = f.actor, reason:% = f.reason, decision = "exit"; "Escalated failure, exiting");
+            ExitCode::Escalated
+        }
+    };
+    // Stop accepting requests, let in-flight ones finish (bounded), then flush the store.
+    if tokio::time::timeout(Duration::from_secs(3), handle.stop(true))
+        .await
+        .is_err()
+    {
+        warn!(decision = "stop", reason = "timeout"; "API did not stop in time");
+    }
+    for a in &bound {
+        if let ListenAddr::Unix(p) = a {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    match store.flush() {
+        Ok(()) => info!(decision = "stop"; "Store flushed"),
+        Err(e) => error!(error:% = ErrorChain(&e), decision = "stop"; "Store flush failed"),
+    }
+    code
+}
+
+fn initial_caps(config: &Config) -> Capabilities {
+    Capabilities {
+        remote: match config.remote {
+            RemoteMode::Unmanaged => RemoteCapability::Unmanaged,
+            RemoteMode::Managed(_) => RemoteCapability::Configured,
+            RemoteMode::Provisioning { .. } => RemoteCapability::Provisioning,
+        },
+        legacy_supervisor: match config.legacy {
+            None => LegacyCapability::NotConfigured,
+            Some(_) => LegacyCapability::Configured,
+        },
+        host_os: config.host.os_version.as_ref().map(|o| o.to_string()),
+        ..Default::default()
+    }
+}
+
+fn log_configured_caps(caps: &Capabilities, config: &Config) {
+    match &config.remote {
+        RemoteMode::Unmanaged => info!(capability = "remote", decision = "missing",
+            reason = "no remote endpoint configured: unmanaged mode"; "Capability missing"),
+        RemoteMode::Managed(r) => info!(capability = "remote", endpoint:% = r.endpoint,
+            uuid:% = r.uuid, decision = "found"; "Capability found"),
+        RemoteMode::Provisioning { remote, .. } => info!(capability = "remote",
+            endpoint:% = remote.endpoint, decision = "found", reason = "not registered yet"; "Capability found"),
+    }
+    match &config.legacy {
+        None => info!(capability = "legacy_supervisor", decision = "missing",
+            reason = "not configured"; "Capability missing"),
+        Some(l) => info!(capability = "legacy_supervisor", endpoint:% = l.endpoint,
+            decision = "found"; "Capability found"),
+    }
+    let _ = caps;
+}
+
+/// Saves a generated uuid to the config file so the device keeps its identity (containers get
+/// it in their environment). A read-only config is logged, not fatal.
+fn persist_generated(config: &Config) {
+    if !config.uuid_generated {
+        return;
+    }
+    let update = Layer {
+        uuid: Some(config.uuid.clone()),
+        ..Default::default()
+    };
+    match config::save_to_file(&config.config_path, &update) {
+        Ok(()) => info!(uuid:% = config.uuid, path:% = config.config_path.display(),
+            decision = "persist", reason = "uuid generated"; "Identity saved"),
+        Err(e) => warn!(error:% = e, decision = "continue",
+            reason = "the uuid will change at the next start"; "Identity not saved"),
+    }
+}

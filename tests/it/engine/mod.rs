@@ -1,0 +1,3 @@
+//! Tests that drive the test engine (run one at a time: nextest test group `engine`).
+pub mod infra_smoke;
+mod supervision;
