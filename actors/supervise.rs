@@ -117,6 +117,43 @@ impl Restarts {
     }
 }
 
+/// An actor that resumes its work after the restart backoff. `supervised_actor!` implements
+/// `Actor` and `Supervised` for it in terms of these two methods.
+pub trait Resumable: actix::Actor<Context = actix::Context<Self>> {
+    fn restarts(&mut self) -> &mut Restarts;
+    /// Starts (or restarts) the actor's work: streams, timers, first probes.
+    fn begin(&mut self, ctx: &mut actix::Context<Self>);
+}
+
+/// `started` for a [`Resumable`]: begins now, or after the pending restart backoff.
+pub fn begin_after_backoff<A: Resumable>(act: &mut A, ctx: &mut actix::Context<A>) {
+    use actix::AsyncContext;
+    let delay = act.restarts().take_delay();
+    if delay.is_zero() {
+        act.begin(ctx);
+    } else {
+        ctx.run_later(delay, |a, ctx| a.begin(ctx));
+    }
+}
+
+/// Implements `Actor` and `Supervised` for a [`Resumable`] actor.
+#[macro_export]
+macro_rules! supervised_actor {
+    ($t:ty) => {
+        impl actix::Actor for $t {
+            type Context = actix::Context<Self>;
+            fn started(&mut self, ctx: &mut Self::Context) {
+                $crate::supervise::begin_after_backoff(self, ctx);
+            }
+        }
+        impl actix::Supervised for $t {
+            fn restarting(&mut self, _ctx: &mut Self::Context) {
+                $crate::supervise::Resumable::restarts(self).record();
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,41 +208,4 @@ mod tests {
         );
         assert!(rx.try_recv().is_err());
     }
-}
-
-/// An actor that resumes its work after the restart backoff. `supervised_actor!` implements
-/// `Actor` and `Supervised` for it in terms of these two methods.
-pub trait Resumable: actix::Actor<Context = actix::Context<Self>> {
-    fn restarts(&mut self) -> &mut Restarts;
-    /// Starts (or restarts) the actor's work: streams, timers, first probes.
-    fn begin(&mut self, ctx: &mut actix::Context<Self>);
-}
-
-/// `started` for a [`Resumable`]: begins now, or after the pending restart backoff.
-pub fn begin_after_backoff<A: Resumable>(act: &mut A, ctx: &mut actix::Context<A>) {
-    use actix::AsyncContext;
-    let delay = act.restarts().take_delay();
-    if delay.is_zero() {
-        act.begin(ctx);
-    } else {
-        ctx.run_later(delay, |a, ctx| a.begin(ctx));
-    }
-}
-
-/// Implements `Actor` and `Supervised` for a [`Resumable`] actor.
-#[macro_export]
-macro_rules! supervised_actor {
-    ($t:ty) => {
-        impl actix::Actor for $t {
-            type Context = actix::Context<Self>;
-            fn started(&mut self, ctx: &mut Self::Context) {
-                $crate::supervise::begin_after_backoff(self, ctx);
-            }
-        }
-        impl actix::Supervised for $t {
-            fn restarting(&mut self, _ctx: &mut Self::Context) {
-                $crate::supervise::Resumable::restarts(self).record();
-            }
-        }
-    };
 }

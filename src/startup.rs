@@ -2,6 +2,7 @@
 //! `actix::Supervisor`, binds the API, then waits for a stop signal or an escalation and shuts
 //! down in order (API, store flush). This is the only place that knows every actor.
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Supervisor;
@@ -11,13 +12,14 @@ use tokio::sync::mpsc;
 use helios_actors::bus::{CapsBus, StateBus, TargetBus};
 use helios_actors::host::HostActor;
 use helios_actors::model::{
-    Capabilities, CurrentState, DeviceState, LegacyCapability, RemoteCapability,
+    Capabilities, CurrentState, DeviceState, LegacyCapability, RemoteCapability, UpdateStatus,
 };
 use helios_actors::poll::PollActor;
+use helios_actors::ports::locks::Locks;
 use helios_actors::ports::store::{Opened, Store};
 use helios_actors::proxy::ProxyActor;
 use helios_actors::report::ReportActor;
-use helios_actors::seek::SeekActor;
+use helios_actors::seek::{SeekActor, SeekDeps};
 use helios_actors::supervise::{Fatal, Restarts};
 use helios_actors::ErrorChain;
 
@@ -68,7 +70,13 @@ pub async fn run(
 
     let caps = CapsBus::new(initial_caps(&config));
     log_configured_caps(&caps.get(), &config);
+    // With a stored target, the device is not known to be on it until Seek has checked.
+    let status = match targets.latest() {
+        Some(_) => UpdateStatus::ApplyingChanges,
+        None => UpdateStatus::Done,
+    };
     let state = StateBus::new(CurrentState {
+        status,
         device: DeviceState {
             uuid: config.uuid.clone(),
             ..Default::default()
@@ -81,15 +89,20 @@ pub async fn run(
 
     // Keep the addresses: a Supervisor restarts its actor only while an address is alive.
     let seek = {
-        let (s, e, t, st, c, r) = (
-            config.seek.clone(),
-            config.engine.clone(),
-            targets.clone(),
-            state.clone(),
-            caps.clone(),
-            restarts("seek"),
-        );
-        Supervisor::start(move |_| SeekActor::new(s, e, t, st, c, r))
+        let deps = SeekDeps {
+            settings: config.seek.clone(),
+            engine: config.engine.clone(),
+            device_uuid: config.uuid.clone(),
+            host_os: config.host.os_version.clone(),
+            host_runtime_dir: config.host.host_runtime_dir.clone(),
+            locks: Arc::new(Locks::new(&config.host.runtime_dir)),
+            store: store.clone(),
+            targets: targets.clone(),
+            state: state.clone(),
+            caps: caps.clone(),
+        };
+        let r = restarts("seek");
+        Supervisor::start(move |_| SeekActor::new(deps, r))
     };
     let poll = {
         let remote = match &config.remote {
@@ -113,13 +126,14 @@ pub async fn run(
         let (h, c, r) = (config.host.clone(), caps.clone(), restarts("host"));
         Supervisor::start(move |_| HostActor::new(h, c, r))
     };
-    let _actors = (seek, poll, report, proxy, host);
-
     let api_state = ApiState {
         targets,
         state,
         caps,
+        seek_plan: seek.clone().recipient(),
+        seek_reapply: seek.clone().recipient(),
     };
+    let _actors = (seek, poll, report, proxy, host);
     let (server, bound) = match api::bind(
         &config.listen,
         api_state,

@@ -1,5 +1,9 @@
 //! The shared model: apply status, current-state document, capabilities.
 //! Wire shapes follow spec/helios-api-v3.md §4.3 (status) and §4.4 (the Device document).
+pub mod compose;
+pub mod device;
+pub mod target;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -46,11 +50,13 @@ pub struct DeviceState {
     pub host: Option<serde_json::Value>,
 }
 
-/// What the current-state bus carries: the device as last read or changed, and the loop status.
+/// What the current-state bus carries: the device as last read or changed (as a document and
+/// as the planner's model), and the loop status.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CurrentState {
     pub status: UpdateStatus,
     pub device: DeviceState,
+    pub model: device::Device,
 }
 
 /// The container engine as found by the last probe.

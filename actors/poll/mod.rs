@@ -10,6 +10,8 @@ use log::{info, warn};
 
 use crate::supervise::{Restarts, Resumable};
 
+pub mod register;
+
 /// How to reach the remote (spec/helios-api-v3.md §2.1, §5).
 #[derive(Clone, PartialEq)]
 pub struct RemoteSettings {

@@ -1,21 +1,40 @@
 //! SeekActor drives the engine from the current state to the target state.
-//! Owns: the engine connection, its event stream, and the `engine` capability.
-//! Handles: targets from the TargetBus (a watch stream), engine events.
-//! Sends: the current state on the StateBus, capability changes on the CapsBus.
-//! Restart: reconnects to the engine (waiting with backoff while it is missing) and re-reads the
-//! current state from it; an engine event stream that breaks is a failure that restarts it.
-use std::sync::Arc;
-use std::time::Duration;
+//! Owns: the engine connection and its event stream, the in-flight apply, at most one pending
+//! target (newest wins), the retry timer, and the `engine` capability.
+//! Handles: targets from the TargetBus (a watch stream), engine events (drift), `Reapply`,
+//! `PreviewPlan`.
+//! Sends: the current state and apply status on the StateBus; capability changes on the CapsBus.
+//! Restart: reconnects to the engine (waiting with backoff while it is missing), re-reads the
+//! current state and resumes seeking the latest target. An engine event stream that breaks is a
+//! failure that restarts it.
+pub mod current;
+pub mod messages;
+pub mod plan;
 
-use actix::{ActorContext, ActorFutureExt, AsyncContext, Context, StreamHandler, WrapFuture};
-use log::{debug, info, warn};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{
+    ActorContext, ActorFutureExt, AsyncContext, Context, Handler, ResponseActFuture, SpawnHandle,
+    StreamHandler, WrapFuture,
+};
+use futures::StreamExt;
+use log::{debug, error, info, warn};
+use mahler::worker::{Uninitialized, Worker, WorkerEvent, WorkflowStatus};
 use tokio_stream::wrappers::WatchStream;
 
 use crate::bus::{CapsBus, StateBus, TargetBus, TargetRequest};
-use crate::model::EngineInfo;
+use crate::host::OsVersion;
+use crate::model::device::{Device, DeviceTarget};
+use crate::model::{EngineInfo, UpdateStatus};
 use crate::ports::engine::{Engine, EngineError, EngineSettings};
+use crate::ports::locks::Locks;
+use crate::ports::store::Store;
 use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
+
+pub use messages::{PlanError, PreviewPlan, Reapply};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeekSettings {
@@ -23,45 +42,82 @@ pub struct SeekSettings {
     pub local_retry_interval: Duration,
 }
 
+/// Everything SeekActor needs besides its peers.
+#[derive(Clone)]
+pub struct SeekDeps {
+    pub settings: SeekSettings,
+    pub engine: EngineSettings,
+    pub device_uuid: String,
+    pub host_os: Option<OsVersion>,
+    pub host_runtime_dir: std::path::PathBuf,
+    pub locks: Arc<Locks>,
+    pub store: Store,
+    pub targets: TargetBus,
+    pub state: StateBus,
+    pub caps: CapsBus,
+}
+
 const CONNECT_MIN: Duration = Duration::from_millis(500);
 const CONNECT_MAX: Duration = Duration::from_secs(30);
+/// Engine events are batched: drift is checked this long after the last one.
+const DRIFT_DEBOUNCE: Duration = Duration::from_millis(1500);
+/// Besides events, the engine is re-read this often while idle.
+const PERIODIC_CHECK: Duration = Duration::from_secs(300);
 
 pub struct SeekActor {
-    settings: SeekSettings,
-    engine_settings: EngineSettings,
-    targets: TargetBus,
-    state: StateBus,
-    caps: CapsBus,
+    deps: SeekDeps,
     restarts: Restarts,
+    template: Worker<Device, Uninitialized>,
     engine: Option<Engine>,
     connect_backoff: Duration,
     waiting_logged: bool,
+    /// The target being sought.
+    target: Option<Arc<TargetRequest>>,
+    /// A target that arrived while applying without `cancel`.
+    pending: Option<Arc<TargetRequest>>,
+    applying: Option<SpawnHandle>,
+    retry: Option<SpawnHandle>,
+    drift_check: Option<SpawnHandle>,
+    attempt: u32,
+    status: UpdateStatus,
+}
+
+/// How an apply ended.
+enum Outcome {
+    /// Reached the target.
+    Done,
+    /// Some step failed; retry after the interval.
+    Failed(String),
+    /// No workflow reaches the target.
+    NoPlan,
 }
 
 impl SeekActor {
-    pub fn new(
-        settings: SeekSettings,
-        engine_settings: EngineSettings,
-        targets: TargetBus,
-        state: StateBus,
-        caps: CapsBus,
-        restarts: Restarts,
-    ) -> Self {
+    pub fn new(deps: SeekDeps, restarts: Restarts) -> Self {
         SeekActor {
-            settings,
-            engine_settings,
-            targets,
-            state,
-            caps,
+            deps,
             restarts,
+            template: plan::worker(),
             engine: None,
             connect_backoff: CONNECT_MIN,
             waiting_logged: false,
+            target: None,
+            pending: None,
+            applying: None,
+            retry: None,
+            drift_check: None,
+            attempt: 0,
+            status: UpdateStatus::Done,
         }
     }
 
+    fn set_status(&mut self, s: UpdateStatus) {
+        self.status = s;
+        self.deps.state.update(|c| c.status = s);
+    }
+
     fn connect(&mut self, ctx: &mut Context<Self>) {
-        let settings = self.engine_settings.clone();
+        let settings = self.deps.engine.clone();
         ctx.spawn(
             async move { Engine::connect(&settings).await }
                 .into_actor(self)
@@ -73,10 +129,10 @@ impl SeekActor {
     }
 
     fn wait_for_engine(&mut self, e: EngineError, ctx: &mut Context<Self>) {
-        let lost = self.caps.update(|c| c.engine = None);
+        let lost = self.deps.caps.update(|c| c.engine = None);
         let delay = self.connect_backoff;
         if lost || !self.waiting_logged {
-            warn!(capability = "engine", address:% = self.engine_settings, error:% = ErrorChain(&e),
+            warn!(capability = "engine", address:% = self.deps.engine, error:% = ErrorChain(&e),
                 delay_ms = delay.as_millis() as u64, decision = "wait"; "Engine unreachable, waiting for it");
             self.waiting_logged = true;
         } else {
@@ -93,35 +149,273 @@ impl SeekActor {
             version: engine.version.clone(),
             api_version: engine.api_version.clone(),
         };
-        if self.caps.update(|c| c.engine = Some(info.clone())) {
-            info!(capability = "engine", address:% = self.engine_settings, version:% = info.version,
+        if self.deps.caps.update(|c| c.engine = Some(info.clone())) {
+            info!(capability = "engine", address:% = self.deps.engine, version:% = info.version,
                 api_version:% = info.api_version, decision = "found"; "Capability found");
         }
         ctx.add_stream(engine.events());
         self.engine = Some(engine);
-        self.refresh(ctx);
-        ctx.add_stream(WatchStream::new(self.targets.subscribe()));
+        // The watch stream yields the latest target first: that starts (or resumes) seeking.
+        ctx.add_stream(WatchStream::new(self.deps.targets.subscribe()));
+        if self.deps.targets.latest().is_none() {
+            self.check_drift(ctx);
+        }
+        ctx.run_interval(PERIODIC_CHECK, |a, ctx| {
+            if a.applying.is_none() {
+                a.check_drift(ctx);
+            }
+        });
     }
 
-    /// Re-reads the current state from the engine and publishes it.
-    fn refresh(&mut self, ctx: &mut Context<Self>) {
+    /// A new target: apply now, interrupt the running apply, or queue behind it.
+    fn on_target(&mut self, req: Arc<TargetRequest>, ctx: &mut Context<Self>) {
+        if self.applying.is_some() {
+            if req.cancel {
+                info!(seq = req.seq, source:% = req.source, decision = "interrupt",
+                    reason = "newer target with cancel"; "Interrupting the running apply");
+                if let Some(h) = self.applying.take() {
+                    ctx.cancel_future(h);
+                }
+                self.deps.locks.release_all();
+                self.set_status(UpdateStatus::Interrupted);
+                self.pending = None;
+            } else {
+                info!(seq = req.seq, source:% = req.source, decision = "queue",
+                    reason = "an apply is running and cancel=false"; "Target queued");
+                self.pending = Some(req);
+                return;
+            }
+        }
+        self.attempt = 0;
+        self.start_apply(req, ctx);
+    }
+
+    fn start_apply(&mut self, req: Arc<TargetRequest>, ctx: &mut Context<Self>) {
+        if let Some(h) = self.retry.take() {
+            ctx.cancel_future(h);
+        }
         let Some(engine) = self.engine.clone() else {
+            info!(seq = req.seq, decision = "defer", reason = "engine unreachable"; "Target waits for the engine");
+            self.target = Some(req);
             return;
         };
-        ctx.spawn(
-            async move { engine.supervised_containers().await }
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok(names) => {
-                        debug!(containers = names.len(), decision = "read"; "Current state read from the engine");
-                    }
-                    Err(e) => {
-                        act.restarts.failed(format!("reading the engine failed: {}", ErrorChain(&e)));
-                        ctx.stop();
-                    }
-                }),
+        let target: DeviceTarget = match serde_json::from_value((*req.target).clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                error!(seq = req.seq, error:% = e, decision = "reject",
+                    reason = "stored target does not fit the model"; "Target rejected");
+                self.target = Some(req);
+                self.set_status(UpdateStatus::Rejected);
+                return;
+            }
+        };
+        self.target = Some(req.clone());
+        self.set_status(UpdateStatus::ApplyingChanges);
+        self.attempt += 1;
+        let fut = apply(
+            engine,
+            self.template.clone(),
+            self.deps.clone(),
+            target,
+            req.clone(),
+            self.attempt,
         );
+        let handle = ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
+            act.applying = None;
+            act.finished(outcome, ctx);
+        }));
+        self.applying = Some(handle);
     }
+
+    fn finished(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
+        self.deps.locks.release_all();
+        if let Some(next) = self.pending.take() {
+            self.attempt = 0;
+            self.start_apply(next, ctx);
+            return;
+        }
+        match outcome {
+            Outcome::Done => {
+                self.attempt = 0;
+                self.set_status(UpdateStatus::Done);
+            }
+            Outcome::NoPlan => {
+                self.set_status(UpdateStatus::Aborted);
+                self.schedule_retry(ctx);
+            }
+            Outcome::Failed(reason) => {
+                debug!(reason:% = reason, decision = "retry"; "Apply failed");
+                self.schedule_retry(ctx);
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.deps.settings.local_retry_interval;
+        info!(attempt = self.attempt, delay_ms = delay.as_millis() as u64, decision = "retry",
+            reason = "the last apply did not reach the target"; "Apply retry scheduled");
+        self.retry = Some(ctx.run_later(delay, |a, ctx| {
+            a.retry = None;
+            if let Some(t) = a.target.clone() {
+                a.start_apply(t, ctx);
+            }
+        }));
+    }
+
+    /// Re-reads the engine and re-applies the target if the device drifted from it.
+    fn check_drift(&mut self, ctx: &mut Context<Self>) {
+        if self.applying.is_some() || self.retry.is_some() {
+            return;
+        }
+        match self.target.clone() {
+            Some(t) => {
+                debug!(decision = "check", reason = "engine changed or periodic check"; "Checking for drift");
+                self.start_apply(t, ctx);
+            }
+            None => {
+                // No target yet: just publish what the engine holds.
+                let Some(engine) = self.engine.clone() else {
+                    return;
+                };
+                let deps = self.deps.clone();
+                ctx.spawn(
+                    async move { read_and_publish(&engine, &deps, None).await }
+                        .into_actor(self)
+                        .map(|res, act, ctx| {
+                            if let Err(e) = res {
+                                act.restarts.failed(format!(
+                                    "reading the engine failed: {}",
+                                    ErrorChain(&e)
+                                ));
+                                ctx.stop();
+                            }
+                        }),
+                );
+            }
+        }
+    }
+}
+
+/// Reads the engine and the store into the planner's `Device`, publishes its document.
+async fn read_and_publish(
+    engine: &Engine,
+    deps: &SeekDeps,
+    target: Option<&DeviceTarget>,
+) -> Result<(Device, current::EngineImages), EngineError> {
+    let objs = engine.read_objects().await?;
+    let records = current::parse_records(deps.store.get_json(plan::APPS_KEY).ok().flatten());
+    let pulled: BTreeSet<String> = deps
+        .store
+        .get_json(plan::IMAGES_KEY)
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let wanted: BTreeSet<String> = target
+        .map(|t| plan::target_images(t).into_keys().collect())
+        .unwrap_or_default();
+    let name = target.and_then(|t| t.name.clone());
+    let dev = current::build_current(&objs, &records, &pulled, &wanted, name);
+    let images = current::EngineImages::from_objects(&objs);
+    let doc = current::render(&deps.device_uuid, &dev, &images, target, &deps.locks);
+    deps.state.update(|c| {
+        c.device = doc;
+        c.model = dev.clone();
+    });
+    Ok((dev, images))
+}
+
+/// One apply: read the engine, plan, run the workflow while publishing every state.
+async fn apply(
+    engine: Engine,
+    template: Worker<Device, Uninitialized>,
+    deps: SeekDeps,
+    target: DeviceTarget,
+    req: Arc<TargetRequest>,
+    attempt: u32,
+) -> Outcome {
+    let started = Instant::now();
+    let (current, images) = match read_and_publish(&engine, &deps, Some(&target)).await {
+        Ok(d) => d,
+        Err(e) => return Outcome::Failed(format!("reading the engine: {}", ErrorChain(&e))),
+    };
+    let target = current::prepare_target(target, &current);
+    let mut worker = template;
+    worker.use_resource(plan::Effects {
+        engine: engine.clone(),
+        store: deps.store.clone(),
+        locks: deps.locks.clone(),
+        device_uuid: deps.device_uuid.clone(),
+        device_name: target.name.clone(),
+        host_os: deps.host_os.clone(),
+        host_runtime_dir: deps.host_runtime_dir.clone(),
+        force: req.force,
+    });
+    let worker = match worker.initial_state(current.clone()) {
+        Ok(w) => w,
+        Err(e) => return Outcome::Failed(format!("model: {e}")),
+    };
+    let plan_started = Instant::now();
+    let workflow = match worker.find_workflow(&target) {
+        Ok(Some(wf)) => wf,
+        Ok(None) => {
+            warn!(seq = req.seq, decision = "abort", reason = "no sequence of steps reaches the target";
+                "No plan found");
+            return Outcome::NoPlan;
+        }
+        Err(e) => {
+            error!(seq = req.seq, error:% = e, decision = "abort", reason = "planning failed"; "Planning error");
+            return Outcome::NoPlan;
+        }
+    };
+    let plan_ms = plan_started.elapsed().as_micros() as f64 / 1000.0;
+    if workflow.is_empty() {
+        debug!(seq = req.seq, decision = "noop", reason = "the device is on target"; "Nothing to do");
+        return Outcome::Done;
+    }
+    let steps = messages::steps(&workflow);
+    info!(seq = req.seq, source:% = req.source, attempt, steps = steps.len(), plan_ms,
+        decision = "apply", reason = "the device differs from the target"; "Plan computed");
+    for (i, s) in steps.iter().enumerate() {
+        info!(seq = req.seq, n = i + 1, step:% = s, decision = "plan"; "Planned step");
+    }
+    let mut events = std::pin::pin!(worker.run_workflow(workflow));
+    let outcome = loop {
+        match events.next().await {
+            Some(Ok(WorkerEvent::StateUpdated(s))) => {
+                let doc =
+                    current::render(&deps.device_uuid, &s, &images, Some(&target), &deps.locks);
+                deps.state.update(|c| {
+                    c.device = doc;
+                    c.model = s.clone();
+                });
+            }
+            Some(Ok(WorkerEvent::WorkflowFinished(WorkflowStatus::Success))) => {
+                break Outcome::Done
+            }
+            Some(Ok(WorkerEvent::WorkflowFinished(WorkflowStatus::Aborted(errs)))) => {
+                let reason = errs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                warn!(seq = req.seq, attempt, error:% = reason, decision = "retry"; "Apply failed");
+                break Outcome::Failed(reason);
+            }
+            Some(Err(e)) => {
+                error!(seq = req.seq, error:% = e, decision = "retry"; "Apply error");
+                break Outcome::Failed(e.to_string());
+            }
+            None => break Outcome::Failed("workflow ended without a result".into()),
+        }
+    };
+    // Re-read so the published state is the engine's, not the planner's belief.
+    let _ = read_and_publish(&engine, &deps, Some(&target)).await;
+    if matches!(outcome, Outcome::Done) {
+        info!(seq = req.seq, duration_ms = started.elapsed().as_millis() as u64, decision = "done";
+            "Target reached");
+    }
+    outcome
 }
 
 impl Resumable for SeekActor {
@@ -131,7 +425,10 @@ impl Resumable for SeekActor {
 
     fn begin(&mut self, ctx: &mut Context<Self>) {
         self.engine = None;
-        let _ = (&self.settings, &self.state);
+        self.applying = None;
+        self.retry = None;
+        self.drift_check = None;
+        self.pending = None;
         self.connect(ctx);
     }
 }
@@ -146,8 +443,17 @@ impl StreamHandler<Result<bollard::models::EventMessage, EngineError>> for SeekA
     ) {
         match item {
             Ok(ev) => {
-                debug!(kind:? = ev.typ, action:? = ev.action, decision = "refresh"; "Engine event");
-                self.refresh(ctx);
+                if self.applying.is_some() {
+                    return;
+                }
+                debug!(kind:? = ev.typ, action:? = ev.action, decision = "debounce"; "Engine event");
+                if let Some(h) = self.drift_check.take() {
+                    ctx.cancel_future(h);
+                }
+                self.drift_check = Some(ctx.run_later(DRIFT_DEBOUNCE, |a, ctx| {
+                    a.drift_check = None;
+                    a.check_drift(ctx);
+                }));
             }
             Err(e) => {
                 self.restarts
@@ -164,12 +470,39 @@ impl StreamHandler<Result<bollard::models::EventMessage, EngineError>> for SeekA
 }
 
 impl StreamHandler<Option<Arc<TargetRequest>>> for SeekActor {
-    fn handle(&mut self, item: Option<Arc<TargetRequest>>, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, item: Option<Arc<TargetRequest>>, ctx: &mut Context<Self>) {
         if let Some(t) = item {
-            info!(seq = t.seq, source:% = t.source, decision = "defer",
-                reason = "the planner is not implemented yet"; "Target received");
+            self.on_target(t, ctx);
         }
     }
 
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+impl Handler<Reapply> for SeekActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reapply, ctx: &mut Context<Self>) {
+        let Some(t) = self.target.clone() else {
+            debug!(decision = "noop", reason = "no target yet"; "Re-apply requested");
+            return;
+        };
+        let req = Arc::new(TargetRequest {
+            force: msg.force,
+            cancel: msg.cancel,
+            ..(*t).clone()
+        });
+        info!(force = msg.force, cancel = msg.cancel, decision = "reapply", reason:% = msg.reason; "Re-applying the target");
+        self.on_target(req, ctx);
+    }
+}
+
+impl Handler<PreviewPlan> for SeekActor {
+    type Result = ResponseActFuture<Self, Result<Vec<String>, PlanError>>;
+
+    fn handle(&mut self, msg: PreviewPlan, _ctx: &mut Context<Self>) -> Self::Result {
+        let template = self.template.clone();
+        let current = self.deps.state.get().model.clone();
+        Box::pin(async move { messages::preview(template, current, msg.target) }.into_actor(self))
+    }
 }

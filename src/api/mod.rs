@@ -33,13 +33,21 @@ pub struct ApiState {
     pub targets: TargetBus,
     pub state: StateBus,
     pub caps: CapsBus,
+    pub seek_plan: actix::Recipient<helios_actors::seek::PreviewPlan>,
+    pub seek_reapply: actix::Recipient<helios_actors::seek::Reapply>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ping", web::get().to(v3::ping))
         .route("/v3/status", web::get().to(v3::status))
         .route("/v3/version", web::get().to(v3::version))
-        .route("/v3/capabilities", web::get().to(v3::capabilities));
+        .route("/v3/capabilities", web::get().to(v3::capabilities))
+        .route("/v3/device", web::get().to(v3::device))
+        .route("/v3/device/apps/{uuid}", web::get().to(v3::device_app))
+        .route("/v3/device/apps/{uuid}", web::post().to(v3::post_app))
+        .route("/v3/device/apps/{uuid}", web::delete().to(v3::delete_app))
+        .route("/v3/device/apps/{uuid}/plan", web::post().to(v3::plan_app))
+        .route("/v1/update", web::post().to(v3::v1_update));
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,15 @@
-//! `/ping` and the `/v3` routes (spec/helios-api-v3.md §4).
-use actix_web::{web, HttpResponse, Responder};
+//! `/ping`, `/v1/update` and the `/v3` routes (spec/helios-api-v3.md §4).
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{web, HttpRequest, HttpResponse, Responder};
+use log::{info, warn};
 use serde_json::json;
 
+use helios_actors::bus::TargetSource;
+use helios_actors::model::device::{AppTarget, Device, DeviceTarget};
+use helios_actors::model::target;
+use helios_actors::seek::{PlanError, PreviewPlan, Reapply};
+
+use super::error::ApiError;
 use super::ApiState;
 
 /// `GET /ping` → 200 `OK`.
@@ -25,4 +33,196 @@ pub async fn version() -> impl Responder {
 /// `GET /v3/capabilities` → what the host offers, as last probed.
 pub async fn capabilities(state: web::Data<ApiState>) -> impl Responder {
     HttpResponse::Ok().json(state.caps.get())
+}
+
+/// `GET /v3/device` → the current-state Device document (§4.4).
+pub async fn device(state: web::Data<ApiState>) -> impl Responder {
+    HttpResponse::Ok().json(&state.state.get().device)
+}
+
+/// `GET /v3/device/apps/{uuid}` → one app of the document, or 404.
+pub async fn device_app(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let cur = state.state.get();
+    let app = cur
+        .device
+        .apps
+        .get(path.as_str())
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(app))
+}
+
+/// `force` and `cancel` query flags: literally `true`/`false`, default false.
+fn flags(req: &HttpRequest) -> Result<(bool, bool), ApiError> {
+    let mut force = false;
+    let mut cancel = false;
+    for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match k {
+            "force" => &mut force,
+            "cancel" => &mut cancel,
+            _ => continue,
+        };
+        *slot = match v {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter {k}: expected true or false, got {other:?}"
+                )))
+            }
+        };
+    }
+    Ok((force, cancel))
+}
+
+/// Parses and validates an app target body (415, 400, 422 as §4.2 says).
+fn app_target(req: &HttpRequest, uuid: &str, body: &[u8]) -> Result<AppTarget, ApiError> {
+    let json_ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_ct {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    let wire: target::AppTarget = serde_json::from_value(value).map_err(|e| {
+        ApiError::Unprocessable(format!(
+            "Failed to deserialize the JSON body into the target type: {e}"
+        ))
+    })?;
+    let app = target::app_from_target(uuid, wire)
+        .map_err(|e| ApiError::Unprocessable(format!("invalid app target: {e}")))?;
+    to_target(&app)
+}
+
+fn to_target<T: serde::Serialize, U: serde::de::DeserializeOwned>(v: &T) -> Result<U, ApiError> {
+    serde_json::to_value(v)
+        .and_then(serde_json::from_value)
+        .map_err(|e| ApiError::Unavailable(format!("model conversion failed: {e}")))
+}
+
+/// The device target a local change starts from: the latest target, or (before any) the
+/// current state.
+fn base_target(state: &ApiState) -> Result<DeviceTarget, ApiError> {
+    match state.targets.latest() {
+        Some(t) => serde_json::from_value((*t.target).clone())
+            .map_err(|e| ApiError::Unavailable(format!("stored target unreadable: {e}"))),
+        None => {
+            let model: Device = state.state.get().model.clone();
+            to_target(&model)
+        }
+    }
+}
+
+fn publish(
+    state: &ApiState,
+    target: &DeviceTarget,
+    force: bool,
+    cancel: bool,
+) -> Result<(), ApiError> {
+    let value = serde_json::to_value(target)
+        .map_err(|e| ApiError::Unavailable(format!("target not serialisable: {e}")))?;
+    state
+        .targets
+        .publish(value, None, TargetSource::Local, force, cancel)
+        .map(|_| ())
+        .map_err(|e| {
+            warn!(error:% = helios_actors::ErrorChain(&e), decision = "reject",
+                reason = "store unavailable"; "Local target not stored");
+            ApiError::Unavailable(format!("target could not be stored: {e}"))
+        })
+}
+
+/// `POST /v3/device/apps/{uuid}?force=&cancel=` → 202: the app's target is stored and queued.
+pub async fn post_app(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (force, cancel) = flags(&req)?;
+    let uuid = path.into_inner();
+    let app = app_target(&req, &uuid, &body)?;
+    let mut target = base_target(&state)?;
+    target.apps.insert(uuid.clone(), app);
+    publish(&state, &target, force, cancel)?;
+    info!(app:% = uuid, force, cancel, decision = "accept", reason = "local app target"; "App target accepted");
+    Ok(HttpResponse::Accepted().finish())
+}
+
+/// `DELETE /v3/device/apps/{uuid}?force=&cancel=` → 202: the app's removal is queued.
+pub async fn delete_app(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (force, cancel) = flags(&req)?;
+    let uuid = path.into_inner();
+    let mut target = base_target(&state)?;
+    let on_device = state.state.get().model.apps.contains_key(&uuid);
+    if target.apps.remove(&uuid).is_none() && !on_device {
+        return Err(ApiError::NotFound);
+    }
+    publish(&state, &target, force, cancel)?;
+    info!(app:% = uuid, force, cancel, decision = "accept", reason = "local app removal"; "App removal accepted");
+    Ok(HttpResponse::Accepted().finish())
+}
+
+/// `POST /v3/device/apps/{uuid}/plan` → the steps an apply of this app target would run.
+pub async fn plan_app(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let uuid = path.into_inner();
+    let app = app_target(&req, &uuid, &body)?;
+    let mut target = base_target(&state)?;
+    target.apps.insert(uuid, app);
+    let steps = state
+        .seek_plan
+        .send(PreviewPlan { target })
+        .await
+        .map_err(|_| ApiError::Unavailable("the apply loop is not running".into()))?;
+    match steps {
+        Ok(steps) => Ok(HttpResponse::Ok().json(json!({ "steps": steps }))),
+        Err(e @ PlanError::NotFound) => Err(ApiError::Conflict(e.to_string())),
+        Err(e @ PlanError::Failed(_)) => Err(ApiError::Unprocessable(e.to_string())),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct UpdateBody {
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    cancel: bool,
+}
+
+/// `POST /v1/update` → 202 (as upstream helios answers): poll now, or in unmanaged mode
+/// re-apply the current target. An empty or unreadable body means force=false, cancel=true.
+pub async fn v1_update(state: web::Data<ApiState>, body: web::Bytes) -> impl Responder {
+    let b: UpdateBody = if body.is_empty() {
+        UpdateBody {
+            force: false,
+            cancel: true,
+        }
+    } else {
+        serde_json::from_slice(&body).unwrap_or(UpdateBody {
+            force: false,
+            cancel: true,
+        })
+    };
+    state.seek_reapply.do_send(Reapply {
+        force: b.force,
+        cancel: b.cancel,
+        reason: "POST /v1/update",
+    });
+    HttpResponse::Accepted().finish()
 }

@@ -13,6 +13,7 @@ fn starts_unmanaged_serves_the_api_and_stops_on_sigterm() {
     assert_eq!((ping.status, ping.body.as_str()), (200, "OK"));
     let status = agent.get("/v3/status");
     assert_eq!(status.status, 200);
+    assert_eq!(status.header("content-type"), Some("application/json"));
     assert_eq!(status.json(), serde_json::json!({"status": "done"}));
     let version = agent.get("/v3/version").json();
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
@@ -146,4 +147,34 @@ fn a_corrupt_store_is_moved_aside_and_rebuilt() {
         vec![0xA5u8; 4096],
         "the bad store is kept, not deleted"
     );
+}
+
+#[test]
+fn an_accepted_target_survives_sigkill() {
+    let home = tempfile::tempdir().unwrap();
+    let opts = || AgentOpts::new(home.path());
+    let agent = Agent::start(opts());
+    let body = r#"{"id": 7, "name": "kept", "releases": {}}"#;
+    let r = agent.post_json("/v3/device/apps/app-kept", body);
+    assert_eq!(r.status, 202, "{}", r.body);
+    agent.signal(libc::SIGKILL);
+    drop(agent);
+
+    // Started again, the agent resumes the stored target...
+    let agent = Agent::start(opts());
+    agent
+        .wait_log(
+            |l| l.contains("Stored target loaded"),
+            Duration::from_secs(10),
+        )
+        .expect("the stored target is loaded at start");
+    agent.signal(libc::SIGTERM);
+    drop(agent);
+
+    // ...and the store holds exactly what was accepted.
+    let (store, _) =
+        helios_actors::ports::store::Store::open(&opts().state_dir(), 1 << 20).unwrap();
+    let stored = store.get_target().unwrap().expect("a stored target");
+    assert_eq!(stored.target["apps"]["app-kept"]["id"], 7);
+    assert_eq!(stored.target["apps"]["app-kept"]["name"], "kept");
 }

@@ -3,6 +3,7 @@
 //! agent against the engine live in `engine::` and run one at a time (nextest group `engine`).
 mod cli;
 mod engine;
+mod fake_cloud_selftest;
 mod infra_smoke;
 mod lifecycle;
 mod support;

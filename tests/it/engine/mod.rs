@@ -1,3 +1,4 @@
 //! Tests that drive the test engine (run one at a time: nextest test group `engine`).
+mod apply;
 pub mod infra_smoke;
 mod supervision;

@@ -12,7 +12,6 @@ pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
-    pub home: PathBuf,
 }
 
 /// How to start an agent: extra flags and environment, and the home dir its XDG dirs live in.
@@ -96,7 +95,6 @@ impl Agent {
             child,
             addr: "127.0.0.1:1".parse().unwrap(),
             logs,
-            home: opts.home,
         };
         let line = agent
             .wait_log(|l| l.contains("decision=listen"), Duration::from_secs(30))
@@ -198,6 +196,14 @@ pub struct Response {
 }
 
 impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))

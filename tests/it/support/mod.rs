@@ -1,4 +1,5 @@
 //! Test support: real infrastructure, fakes and helpers.
 pub mod agent;
+pub mod fake_cloud;
 pub mod infra;
 pub mod relay;

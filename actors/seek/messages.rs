@@ -1,0 +1,61 @@
+//! SeekActor's API: the messages it handles, and the plan preview.
+use actix::Message;
+use mahler::worker::{Uninitialized, Worker, Workflow};
+
+use crate::model::device::{Device, DeviceTarget};
+
+/// Sent by the API (`POST /v1/update` in unmanaged mode) and PollActor (304 after
+/// `/v1/update`): apply the current target again, with these flags.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Reapply {
+    pub force: bool,
+    pub cancel: bool,
+    pub reason: &'static str,
+}
+
+/// Sent by the API (`POST /v3/device/apps/{uuid}/plan`): the steps an apply of this target
+/// would run from the current state, without running them.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<String>, PlanError>")]
+pub struct PreviewPlan {
+    pub target: DeviceTarget,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no sequence of steps reaches the target")]
+    NotFound,
+    #[error("planning failed: {0}")]
+    Failed(String),
+}
+
+/// The steps of a workflow, in order, one description each.
+pub fn steps(wf: &Workflow) -> Vec<String> {
+    wf.to_string()
+        .lines()
+        .map(|l| {
+            l.trim_start_matches([' ', '+', '~', '-'])
+                .trim()
+                .to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Plans `target` from `current` without IO.
+pub fn preview(
+    template: Worker<Device, Uninitialized>,
+    current: Device,
+    target: DeviceTarget,
+) -> Result<Vec<String>, PlanError> {
+    let target = super::current::prepare_target(target, &current);
+    let worker = template
+        .initial_state(current)
+        .map_err(|e| PlanError::Failed(e.to_string()))?;
+    match worker.find_workflow(&target) {
+        Ok(Some(wf)) => Ok(steps(&wf)),
+        Ok(None) => Err(PlanError::NotFound),
+        Err(e) => Err(PlanError::Failed(e.to_string())),
+    }
+}
