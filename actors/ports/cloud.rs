@@ -320,7 +320,7 @@ impl Cloud {
             req = req.insert_header((header::IF_NONE_MATCH, v));
         }
         let answer = self
-            .call("fetch target", req, None, max_body, api_key, true)
+            .call("fetch target", req, None, max_body, &[api_key], true)
             .await?;
         if answer.status == StatusCode::NOT_MODIFIED {
             return Ok(Fetched::NotModified);
@@ -347,8 +347,15 @@ impl Cloud {
             .client
             .request(Method::PATCH, url)
             .insert_header((header::AUTHORIZATION, bearer(api_key)?));
-        self.call("report state", req, Some(body), SMALL_BODY, api_key, false)
-            .await?;
+        self.call(
+            "report state",
+            req,
+            Some(body),
+            SMALL_BODY,
+            &[api_key],
+            false,
+        )
+        .await?;
         Ok(())
     }
 
@@ -371,7 +378,8 @@ impl Cloud {
                 http,
                 Some(&body),
                 SMALL_BODY,
-                provisioning_key,
+                // An error answer could echo the body, device key included.
+                &[provisioning_key, &req.api_key],
                 false,
             )
             .await
@@ -408,7 +416,7 @@ impl Cloud {
             .insert_header((header::AUTHORIZATION, bearer(key)?))
             .insert_header((header::ACCEPT, "application/json"));
         let answer = self
-            .call("find device", req, None, SMALL_BODY, key, false)
+            .call("find device", req, None, SMALL_BODY, &[key], false)
             .await?;
         let found: Found = parse_json(&answer.body)?;
         Ok(found.d.into_iter().map(|d| d.id).collect())
@@ -430,41 +438,28 @@ impl Cloud {
             .post(url)
             .insert_header((header::AUTHORIZATION, bearer(provisioning_key)?));
         // The answer echoes the new key: it is read (to keep the connection) and dropped.
-        match self
-            .call(
-                "create device key",
-                req,
-                Some(&body),
-                SMALL_BODY,
-                provisioning_key,
-                false,
-            )
-            .await
-        {
-            // The snippet of an error answer could hold the device key too.
-            Err(CloudError::Status {
-                status,
-                retry_after,
-                body_snippet,
-            }) => Err(CloudError::Status {
-                status,
-                retry_after,
-                body_snippet: body_snippet.replace(device_api_key, "<redacted>"),
-            }),
-            other => other.map(|_| ()),
-        }
+        self.call(
+            "create device key",
+            req,
+            Some(&body),
+            SMALL_BODY,
+            &[provisioning_key, device_api_key],
+            false,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Sends one request and reads its answer, the whole bounded by the request timeout.
     /// Success is 2xx (and 304 when `not_modified_ok`): the body is read up to `limit`.
-    /// Anything else is `CloudError::Status` with a snippet of the body where `key` is redacted.
+    /// Anything else is `CloudError::Status` with a snippet of the body where `keys` are redacted.
     async fn call(
         &self,
         call: &'static str,
         req: awc::ClientRequest,
         json: Option<&serde_json::Value>,
         limit: usize,
-        key: &str,
+        keys: &[&str],
         not_modified_ok: bool,
     ) -> Result<Answer, CloudError> {
         let started = Instant::now();
@@ -496,7 +491,7 @@ impl Cloud {
                         .get(header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_retry_after(v, SystemTime::now())),
-                    body_snippet: snippet(&body, key),
+                    body_snippet: snippet(&body, keys),
                 })
             }
         };
@@ -635,14 +630,12 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// The first bytes of an error answer, printable, with `key` redacted.
-fn snippet(body: &[u8], key: &str) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = if key.is_empty() {
-        text.into_owned()
-    } else {
-        text.replace(key, "<redacted>")
-    };
+/// The first bytes of an error answer, printable, with `keys` redacted.
+fn snippet(body: &[u8], keys: &[&str]) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    for key in keys.iter().filter(|k| !k.is_empty()) {
+        text = text.replace(key, "<redacted>");
+    }
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(SNIPPET_LEN)
@@ -848,7 +841,7 @@ mod tests {
         let (url, _) = scripted(|r| {
             let auth = r.header("authorization").unwrap_or("").to_owned();
             let body = format!("{{\"error\": \"bad key {auth}\", \"other\": \"{KEY}x\"}}");
-            if r.path == "/api-key/device/7/device-key" {
+            if r.method == "POST" {
                 HttpResponse::Forbidden()
                     .body(format!("{body} {}", String::from_utf8_lossy(&r.body)))
             } else {
@@ -857,7 +850,18 @@ mod tests {
         });
         let c = cloud(&url);
         let device_key = "fedcba9876543210fedcba9876543210";
+        let req = RegisterRequest {
+            application: 1,
+            uuid: "u1".into(),
+            device_type: "raspberrypi4-64".into(),
+            api_key: device_key.into(),
+            supervisor_version: None,
+            os_version: None,
+            os_variant: None,
+            mac_address: None,
+        };
         let errors = vec![
+            c.register(KEY, &req).await.unwrap_err(),
             c.fetch_target("u1", KEY, None, 1024).await.unwrap_err(),
             c.patch_state(KEY, &serde_json::json!({}))
                 .await
@@ -871,17 +875,7 @@ mod tests {
             assert!(!shown.contains(device_key), "{shown}");
             assert!(shown.contains("<redacted>"), "{shown}");
         }
-        let req = RegisterRequest {
-            application: 1,
-            uuid: "u1".into(),
-            device_type: "raspberrypi4-64".into(),
-            api_key: KEY.into(),
-            supervisor_version: None,
-            os_version: None,
-            os_variant: None,
-            mac_address: None,
-        };
-        assert!(!format!("{req:?}").contains(KEY));
+        assert!(!format!("{req:?}").contains(device_key));
         let resp = RegisterResponse {
             id: 1,
             uuid: None,
