@@ -11,7 +11,7 @@ use std::sync::Arc;
 use log::info;
 use tokio::sync::watch;
 
-use crate::model::{Capabilities, CurrentState};
+use crate::model::{Capabilities, CurrentState, RemoteInfo};
 use crate::ports::store::{Store, StoreError};
 
 /// Where a target came from.
@@ -142,20 +142,20 @@ impl StateBus {
     }
 }
 
-/// Capabilities: each part is written by the actor that probes it.
+/// A latest-value-wins bus of small shared facts; each part is written by the actor that owns it.
 #[derive(Clone)]
-pub struct CapsBus {
-    tx: Arc<watch::Sender<Capabilities>>,
+pub struct Latest<T> {
+    tx: Arc<watch::Sender<T>>,
 }
 
-impl CapsBus {
-    pub fn new(initial: Capabilities) -> CapsBus {
+impl<T: Clone + PartialEq> Latest<T> {
+    pub fn new(initial: T) -> Latest<T> {
         let (tx, _) = watch::channel(initial);
-        CapsBus { tx: Arc::new(tx) }
+        Latest { tx: Arc::new(tx) }
     }
 
-    /// Applies `f`; returns whether anything changed.
-    pub fn update(&self, f: impl FnOnce(&mut Capabilities)) -> bool {
+    /// Applies `f`; returns whether anything changed (readers are woken only then).
+    pub fn update(&self, f: impl FnOnce(&mut T)) -> bool {
         self.tx.send_if_modified(|c| {
             let before = c.clone();
             f(c);
@@ -163,11 +163,16 @@ impl CapsBus {
         })
     }
 
-    pub fn get(&self) -> Capabilities {
+    pub fn get(&self) -> T {
         self.tx.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Capabilities> {
+    pub fn subscribe(&self) -> watch::Receiver<T> {
         self.tx.subscribe()
     }
 }
+
+/// Capabilities, written by the actor that probes each (Seek: engine, Host: bus).
+pub type CapsBus = Latest<Capabilities>;
+/// What the last remote target said beyond the target (written by Poll).
+pub type RemoteBus = Latest<RemoteInfo>;

@@ -76,6 +76,9 @@ layer_struct!(
         poll_interval_ms: u64,
         poll_min_interval_ms: u64,
         poll_max_jitter_ms: u64,
+        report_min_interval_ms: u64,
+        extra_ca: PathBuf,
+        max_target_bytes: usize,
     }
 );
 layer_struct!(
@@ -166,6 +169,9 @@ impl Layer {
                 poll_interval_ms: Some(900_000),
                 poll_min_interval_ms: Some(10_000),
                 poll_max_jitter_ms: Some(60_000),
+                report_min_interval_ms: Some(10_000),
+                extra_ca: None,
+                max_target_bytes: Some(10 << 20),
             },
             provisioning: ProvisioningLayer::default(),
             legacy: LegacyLayer::default(),
@@ -227,6 +233,7 @@ pub fn flags_layer(f: &Flags) -> Layer {
             poll_interval_ms: f.remote_poll_interval_ms,
             poll_min_interval_ms: f.remote_poll_min_interval_ms,
             poll_max_jitter_ms: f.remote_poll_max_jitter_ms,
+            ..Default::default()
         },
         provisioning: ProvisioningLayer {
             key: f.provisioning_key.clone(),
@@ -302,6 +309,9 @@ pub fn env_layer(env: &Env) -> Result<Layer, ConfigError> {
             poll_interval_ms: env_num(env, "HELIOS_REMOTE_POLL_INTERVAL_MS")?,
             poll_min_interval_ms: env_num(env, "HELIOS_REMOTE_POLL_MIN_INTERVAL_MS")?,
             poll_max_jitter_ms: env_num(env, "HELIOS_REMOTE_POLL_MAX_JITTER_MS")?,
+            report_min_interval_ms: env_num(env, "HELIOS_REMOTE_REPORT_MIN_INTERVAL_MS")?,
+            extra_ca: env_str(env, "HELIOS_REMOTE_EXTRA_CA").map(PathBuf::from),
+            max_target_bytes: None,
         },
         provisioning: ProvisioningLayer {
             key: env_str(env, "HELIOS_PROVISIONING_KEY"),
@@ -474,6 +484,11 @@ pub struct Config {
     pub seek: helios_actors::seek::SeekSettings,
     pub store: helios_actors::StoreSettings,
     pub supervision: helios_actors::supervise::RestartPolicy,
+    pub report_min_interval: Duration,
+    pub extra_ca: Option<PathBuf>,
+    pub max_target_bytes: usize,
+    /// Identity values from the environment or flags that the stored identity overrode.
+    pub ignored_identity: Vec<String>,
 }
 
 /// Everything `resolve` reads, so tests can pass their own.
@@ -493,11 +508,54 @@ pub fn resolve(inputs: Inputs<'_>) -> Result<Config, ConfigError> {
         .or_else(|| env_str(env, "HELIOS_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| dirs.config.join("config.toml"));
     let file = read_file(&config_path)?;
-    let merged = Layer::defaults()
-        .merge(file)
-        .merge(env_layer(env)?)
-        .merge(flags_layer(inputs.flags));
-    build(merged, dirs, config_path, container_mode(env))
+    let over = env_layer(env)?.merge(flags_layer(inputs.flags));
+    let (over, ignored) = keep_stored_identity(&file, over);
+    let merged = Layer::defaults().merge(file).merge(over);
+    let mut config = build(merged, dirs, config_path, container_mode(env))?;
+    config.ignored_identity = ignored;
+    Ok(config)
+}
+
+/// Spec §5.4: a stored identity (uuid, endpoint and key in the config file) wins over a
+/// partial one from the environment or flags, whose differing values are ignored (and named,
+/// for a warning at start). Provisioning values are ignored once registered. All three given
+/// together replace the stored identity.
+fn keep_stored_identity(file: &Layer, mut over: Layer) -> (Layer, Vec<String>) {
+    let stored =
+        file.uuid.is_some() && file.remote.api_endpoint.is_some() && file.remote.api_key.is_some();
+    let given_all =
+        over.uuid.is_some() && over.remote.api_endpoint.is_some() && over.remote.api_key.is_some();
+    let mut ignored = vec![];
+    if !stored || given_all {
+        return (over, ignored);
+    }
+    if over
+        .uuid
+        .take()
+        .is_some_and(|u| Some(&u) != file.uuid.as_ref())
+    {
+        ignored.push("uuid".to_string());
+    }
+    if over
+        .remote
+        .api_endpoint
+        .take()
+        .is_some_and(|e| Some(&e) != file.remote.api_endpoint.as_ref())
+    {
+        ignored.push("remote.api_endpoint".to_string());
+    }
+    if over
+        .remote
+        .api_key
+        .take()
+        .is_some_and(|k| Some(&k) != file.remote.api_key.as_ref())
+    {
+        ignored.push("remote.api_key".to_string());
+    }
+    if over.provisioning.key.take().is_some() {
+        ignored.push("provisioning.key (already registered)".to_string());
+    }
+    (over, ignored)
 }
 
 fn ms(v: Option<u64>) -> Duration {
@@ -728,18 +786,40 @@ fn build(
         },
         store,
         supervision,
+        report_min_interval: ms(l.remote.report_min_interval_ms),
+        extra_ca: l.remote.extra_ca,
+        max_target_bytes: l.remote.max_target_bytes.unwrap_or(10 << 20),
+        ignored_identity: vec![],
     })
 }
 
 /// Writes `update` into the config file, keeping every other key; mode 0600, atomic rename.
 /// Used to persist the identity (uuid, remote key) once known.
 pub fn save_to_file(path: &Path, update: &Layer) -> Result<(), ConfigError> {
+    let current = read_file(path)?;
+    write_file(path, &current.merge(update.clone()))
+}
+
+/// Saves a registered identity: uuid, endpoint and device key; the provisioning key is dropped.
+pub fn save_identity(
+    path: &Path,
+    uuid: &str,
+    endpoint: &str,
+    api_key: &str,
+) -> Result<(), ConfigError> {
+    let mut layer = read_file(path)?;
+    layer.uuid = Some(uuid.to_string());
+    layer.remote.api_endpoint = Some(endpoint.to_string());
+    layer.remote.api_key = Some(api_key.to_string());
+    layer.provisioning.key = None;
+    write_file(path, &layer)
+}
+
+fn write_file(path: &Path, layer: &Layer) -> Result<(), ConfigError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
 
-    let current = read_file(path)?;
-    let merged = current.merge(update.clone());
-    let text = toml::to_string(&merged).map_err(|e| invalid("config file", e.to_string()))?;
+    let text = toml::to_string(layer).map_err(|e| invalid("config file", e.to_string()))?;
     let write_err = |source| ConfigError::Write {
         path: path.into(),
         source,

@@ -9,19 +9,23 @@ use actix::Supervisor;
 use log::{error, info, warn};
 use tokio::sync::mpsc;
 
+use helios_actors::bus::RemoteBus;
 use helios_actors::bus::{CapsBus, StateBus, TargetBus};
 use helios_actors::host::HostActor;
+use helios_actors::model::RemoteInfo;
 use helios_actors::model::{
     Capabilities, CurrentState, DeviceState, LegacyCapability, RemoteCapability, UpdateStatus,
 };
-use helios_actors::poll::PollActor;
+use helios_actors::poll::register::Identity;
+use helios_actors::poll::{IdentitySink, PollActor, PollDeps, Provisioning};
 use helios_actors::ports::locks::Locks;
 use helios_actors::ports::store::{Opened, Store};
 use helios_actors::proxy::ProxyActor;
-use helios_actors::report::ReportActor;
+use helios_actors::report::body::DeviceFields;
+use helios_actors::report::{ReportActor, ReportDeps};
 use helios_actors::seek::{SeekActor, SeekDeps};
 use helios_actors::supervise::{Fatal, Restarts};
-use helios_actors::ErrorChain;
+use helios_actors::{ErrorChain, Secret};
 
 use crate::api::{self, ApiState, ListenAddr};
 use crate::config::{self, Config, Layer, RemoteMode};
@@ -40,6 +44,10 @@ pub async fn run(
     info!(uuid:% = config.uuid, decision = "identity",
         reason = if config.uuid_generated { "generated" } else { "configured" }; "Device identity");
     persist_generated(&config);
+    for key in &config.ignored_identity {
+        warn!(key:% = key, decision = "ignore", reason = "a stored identity takes precedence (spec §5.4)";
+            "Configured identity value ignored");
+    }
 
     if let Err(e) = std::fs::create_dir_all(&config.host.runtime_dir) {
         warn!(capability = "runtime_dir", path:% = config.host.runtime_dir.display(), error:% = e,
@@ -104,18 +112,86 @@ pub async fn run(
         let r = restarts("seek");
         Supervisor::start(move |_| SeekActor::new(deps, r))
     };
+    let remote_bus = RemoteBus::new(RemoteInfo::default());
+    let remote_settings = match &config.remote {
+        RemoteMode::Unmanaged => None,
+        RemoteMode::Managed(r) | RemoteMode::Provisioning { remote: r, .. } => Some(r.clone()),
+    };
     let poll = {
-        let remote = match &config.remote {
-            RemoteMode::Unmanaged => None,
-            RemoteMode::Managed(r) | RemoteMode::Provisioning { remote: r, .. } => Some(r.clone()),
+        let provisioning = match &config.remote {
+            RemoteMode::Provisioning {
+                provisioning: p, ..
+            } => Some(Provisioning {
+                key: Secret::new(p.key.clone()),
+                fleet: p.fleet,
+                device_type: p.device_type.clone(),
+                os_version: p.os_version.clone(),
+                supervisor_version: p.supervisor_version.clone(),
+            }),
+            _ => None,
+        };
+        let config_path = config.config_path.clone();
+        let endpoint = remote_settings
+            .as_ref()
+            .map(|r| r.endpoint.clone())
+            .unwrap_or_default();
+        let identity: IdentitySink = Arc::new(move |id: &Identity| {
+            config::save_identity(&config_path, &id.uuid, &endpoint, &id.api_key)
+                .map_err(|e| e.to_string())?;
+            info!(uuid:% = id.uuid, path:% = config_path.display(), decision = "persist",
+                reason = "registered"; "Identity saved");
+            Ok(())
+        });
+        let deps = PollDeps {
+            remote: remote_settings.clone(),
+            provisioning,
+            extra_ca: config.extra_ca.clone(),
+            max_target_bytes: config.max_target_bytes,
+            targets: targets.clone(),
+            state: state.clone(),
+            remote_bus: remote_bus.clone(),
+            store: store.clone(),
+            reapply: seek.clone().recipient(),
+            rejected: seek.clone().recipient(),
+            identity,
         };
         let r = restarts("poll");
-        Supervisor::start(move |_| PollActor::new(remote, r))
+        Supervisor::start(move |_| PollActor::new(deps, r))
     };
     let report = {
-        let managed = !matches!(config.remote, RemoteMode::Unmanaged);
+        let api_port = config
+            .listen
+            .iter()
+            .find_map(|a| match a {
+                ListenAddr::Tcp(s) => Some(s.port()),
+                ListenAddr::Unix(_) => None,
+            })
+            .filter(|p| *p != 0)
+            .unwrap_or(48484);
+        let deps = ReportDeps {
+            remote: remote_settings.clone(),
+            extra_ca: config.extra_ca.clone(),
+            min_interval: config.report_min_interval,
+            fields: DeviceFields {
+                // In front of a legacy supervisor, its own version stays what the cloud sees.
+                supervisor_version: config
+                    .legacy
+                    .is_none()
+                    .then(|| crate::version::VERSION.to_string()),
+                api_port,
+                os_version: config
+                    .host
+                    .os_version
+                    .as_ref()
+                    .map(|o| format!("{} {}", o.name, o.version)),
+            },
+            data_path: config.store.dir.clone(),
+            state: state.clone(),
+            remote_bus: remote_bus.clone(),
+            store: store.clone(),
+        };
         let r = restarts("report");
-        Supervisor::start(move |_| ReportActor::new(managed, r))
+        Supervisor::start(move |_| ReportActor::new(deps, r))
     };
     let proxy = {
         let legacy = config.legacy.as_ref().map(|l| l.endpoint.clone());
@@ -132,6 +208,7 @@ pub async fn run(
         caps,
         seek_plan: seek.clone().recipient(),
         seek_reapply: seek.clone().recipient(),
+        poll: remote_settings.is_some().then(|| poll.clone().recipient()),
     };
     let _actors = (seek, poll, report, proxy, host);
     let (server, bound) = match api::bind(

@@ -8,7 +8,7 @@ use super::compose::{NetworkConfig, ServiceConfig, VolumeConfig};
 
 /// The whole device.
 #[derive(State, Debug, Clone, PartialEq, Default)]
-#[mahler(derive(PartialEq))]
+#[mahler(derive(PartialEq, Default))]
 pub struct Device {
     /// Device name from the last remote target.
     pub name: Option<String>,

@@ -1,5 +1,6 @@
 //! The shared model: apply status, current-state document, capabilities.
 //! Wire shapes follow spec/helios-api-v3.md §4.3 (status) and §4.4 (the Device document).
+pub mod cloud;
 pub mod compose;
 pub mod device;
 pub mod target;
@@ -52,11 +53,28 @@ pub struct DeviceState {
 
 /// What the current-state bus carries: the device as last read or changed (as a document and
 /// as the planner's model), and the loop status.
+///
+/// A target newer than `seq` on the TargetBus means an apply is about to start: readers show
+/// `applying changes` then (see [`CurrentState::status_for`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CurrentState {
     pub status: UpdateStatus,
+    /// Sequence number of the target `status` is about (see `TargetRequest::seq`).
+    pub seq: u64,
     pub device: DeviceState,
     pub model: device::Device,
+    /// The target being sought, as prepared for the planner.
+    pub target: Option<device::DeviceTarget>,
+}
+
+impl CurrentState {
+    /// The status to show, given the newest target sequence number on the TargetBus.
+    pub fn status_for(&self, latest_target: Option<u64>) -> UpdateStatus {
+        match latest_target {
+            Some(seq) if seq > self.seq => UpdateStatus::ApplyingChanges,
+            _ => self.status,
+        }
+    }
 }
 
 /// The container engine as found by the last probe.
@@ -103,4 +121,18 @@ pub enum LegacyCapability {
     #[default]
     NotConfigured,
     Configured,
+}
+
+/// What the last remote target said beyond the target itself (written by PollActor, read by
+/// ReportActor and the API).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemoteInfo {
+    /// Apps of the last remote target: the only ones reported.
+    pub authorized: std::collections::BTreeSet<String>,
+    /// Apps whose target release was rejected: app uuid → (release uuid, reason).
+    pub rejected: BTreeMap<String, (String, String)>,
+    /// A whole document was rejected (reason), until the next good one.
+    pub document_rejected: Option<String>,
+    /// The device API key, once known (registered or configured).
+    pub api_key: Option<crate::Secret>,
 }

@@ -1,14 +1,27 @@
 //! PollActor talks to the remote: registration, then polling the target state.
-//! Owns: the remote settings and the poll schedule.
-//! Handles: nothing yet (TriggerPoll arrives with the remote issue).
-//! Sends: targets on the TargetBus.
-//! Restart: re-reads its settings; idle when the device is unmanaged.
-use std::time::Duration;
+//! Owns: the remote client, the device key, the ETag and the poll schedule (interval + jitter,
+//! error backoff from the minimum interval doubling to the interval, `Retry-After`).
+//! Handles: TriggerPoll (`POST /v1/update`).
+//! Sends: targets on the TargetBus (persisted with their ETag), RemoteInfo on the RemoteBus,
+//! Reapply (304 after a trigger) and MarkRejected (unusable document) to Seek.
+//! Restart: rebuilds the client, reloads the ETag from the store and polls at once; idle when
+//! the device is unmanaged. Registers first when only a provisioning key is known.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use actix::Context;
-use log::{info, warn};
+use actix::{
+    ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle, WrapFuture,
+};
+use log::{debug, error, info, warn};
 
+use crate::bus::{RemoteBus, StateBus, TargetBus, TargetSource};
+use crate::model::cloud as cloud_model;
+use crate::model::device::DeviceTarget;
+use crate::ports::cloud::{Cloud, CloudError, CloudSettings, Fetched};
+use crate::ports::store::Store;
+use crate::seek::{MarkRejected, Reapply};
 use crate::supervise::{Restarts, Resumable};
+use crate::{ErrorChain, Secret};
 
 pub mod register;
 
@@ -39,14 +52,360 @@ impl std::fmt::Debug for RemoteSettings {
     }
 }
 
+/// Registration settings, while the device is not registered yet.
+#[derive(Clone, PartialEq)]
+pub struct Provisioning {
+    pub key: crate::Secret,
+    pub fleet: u64,
+    pub device_type: String,
+    pub os_version: Option<String>,
+    pub supervisor_version: Option<String>,
+}
+
+impl std::fmt::Debug for Provisioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioning")
+            .field("fleet", &self.fleet)
+            .field("device_type", &self.device_type)
+            .finish()
+    }
+}
+
+/// Persists a new identity (src/ writes the config file); an error is logged and retried.
+pub type IdentitySink = Arc<dyn Fn(&register::Identity) -> Result<(), String> + Send + Sync>;
+
+/// Everything PollActor needs.
+#[derive(Clone)]
+pub struct PollDeps {
+    pub remote: Option<RemoteSettings>,
+    pub provisioning: Option<Provisioning>,
+    pub extra_ca: Option<std::path::PathBuf>,
+    /// Largest target document accepted.
+    pub max_target_bytes: usize,
+    pub targets: TargetBus,
+    pub state: StateBus,
+    pub remote_bus: RemoteBus,
+    pub store: Store,
+    pub reapply: Recipient<Reapply>,
+    pub rejected: Recipient<MarkRejected>,
+    pub identity: IdentitySink,
+}
+
+/// Sent by the API (`POST /v1/update`): poll now, and re-apply if nothing changed.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct TriggerPoll {
+    pub force: bool,
+    pub cancel: bool,
+}
+
 pub struct PollActor {
-    remote: Option<RemoteSettings>,
+    deps: PollDeps,
     restarts: Restarts,
+    cloud: Option<Cloud>,
+    api_key: Option<Secret>,
+    etag: Option<String>,
+    interval: Duration,
+    next: Option<SpawnHandle>,
+    in_flight: bool,
+    last_request: Option<Instant>,
+    failures: u32,
+    /// A trigger that arrived while a poll was in flight or too soon.
+    pending: Option<TriggerPoll>,
 }
 
 impl PollActor {
-    pub fn new(remote: Option<RemoteSettings>, restarts: Restarts) -> Self {
-        PollActor { remote, restarts }
+    pub fn new(deps: PollDeps, restarts: Restarts) -> Self {
+        let api_key = deps
+            .remote
+            .as_ref()
+            .and_then(|r| r.api_key.clone())
+            .map(Secret::new);
+        let interval = deps
+            .remote
+            .as_ref()
+            .map(|r| r.poll_interval)
+            .unwrap_or_default();
+        PollActor {
+            deps,
+            restarts,
+            cloud: None,
+            api_key,
+            etag: None,
+            interval,
+            next: None,
+            in_flight: false,
+            last_request: None,
+            failures: 0,
+            pending: None,
+        }
+    }
+
+    fn remote(&self) -> &RemoteSettings {
+        self.deps.remote.as_ref().expect("only called when managed")
+    }
+
+    fn schedule(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if let Some(h) = self.next.take() {
+            ctx.cancel_future(h);
+        }
+        self.next = Some(ctx.run_later(delay, |a, ctx| {
+            a.next = None;
+            a.poll(None, ctx);
+        }));
+    }
+
+    /// Error backoff: from the minimum interval, doubling, capped at the poll interval
+    /// (spec/helios-api-v3.md §5.1).
+    fn backoff(&mut self) -> Duration {
+        let r = self.remote();
+        let exp = self.failures.min(20);
+        let d = r
+            .poll_min_interval
+            .saturating_mul(1u32 << exp)
+            .min(self.interval.max(r.poll_min_interval));
+        self.failures += 1;
+        d
+    }
+
+    fn register(&mut self, ctx: &mut Context<Self>) {
+        let (Some(cloud), Some(p)) = (self.cloud.clone(), self.deps.provisioning.clone()) else {
+            return;
+        };
+        let params = register::RegisterParams {
+            provisioning_key: p.key.expose().to_string(),
+            fleet: p.fleet,
+            device_type: p.device_type.clone(),
+            uuid: self.remote().uuid.clone(),
+            api_key: None,
+            supervisor_version: p.supervisor_version.clone(),
+            os_version: p.os_version.clone(),
+            os_variant: None,
+            mac_address: None,
+        };
+        info!(actor = "poll", uuid:% = params.uuid, fleet = p.fleet, device_type:% = p.device_type,
+            decision = "register", reason = "not registered yet"; "Registering the device");
+        ctx.spawn(
+            async move { register::register(&cloud, &params).await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(identity) => {
+                        if let Err(e) = (act.deps.identity)(&identity) {
+                            warn!(error:% = e, decision = "continue",
+                                reason = "identity not saved; registration repeats after a restart"; "Identity not persisted");
+                        }
+                        info!(actor = "poll", uuid:% = identity.uuid, outcome:? = identity.outcome,
+                            decision = "registered"; "Device registered");
+                        act.api_key = Some(Secret::new(identity.api_key.clone()));
+                        act.deps.provisioning = None;
+                        act.failures = 0;
+                        let key = act.api_key.clone();
+                        act.deps.remote_bus.update(|r| r.api_key = key);
+                        act.poll(None, ctx);
+                    }
+                    Err(e) => {
+                        let delay = e.retry_after().unwrap_or_else(|| act.backoff());
+                        warn!(actor = "poll", error:% = ErrorChain(&e), delay_ms = delay.as_millis() as u64,
+                            transient = e.is_transient(), decision = "retry"; "Registration failed");
+                        ctx.run_later(delay, |a, ctx| a.register(ctx));
+                    }
+                }),
+        );
+    }
+
+    /// Fetches the target now (or as soon as the minimum interval allows).
+    fn poll(&mut self, trigger: Option<TriggerPoll>, ctx: &mut Context<Self>) {
+        let Some(key) = self.api_key.clone() else {
+            return;
+        };
+        let Some(cloud) = self.cloud.clone() else {
+            return;
+        };
+        if self.in_flight {
+            if trigger.is_some() {
+                self.pending = trigger;
+            }
+            return;
+        }
+        let min = self.remote().poll_min_interval;
+        if let Some(wait) = self
+            .last_request
+            .map(|t| min.saturating_sub(t.elapsed()))
+            .filter(|w| !w.is_zero())
+        {
+            debug!(actor = "poll", delay_ms = wait.as_millis() as u64, decision = "wait",
+                reason = "minimum interval between requests"; "Poll deferred");
+            if trigger.is_some() {
+                self.pending = trigger;
+            }
+            self.schedule(wait, ctx);
+            return;
+        }
+        let trigger = trigger.or(self.pending.take());
+        if let Some(h) = self.next.take() {
+            ctx.cancel_future(h);
+        }
+        self.in_flight = true;
+        self.last_request = Some(Instant::now());
+        let uuid = self.remote().uuid.clone();
+        let etag = self.etag.clone();
+        let max = self.deps.max_target_bytes;
+        ctx.spawn(
+            async move {
+                cloud
+                    .fetch_target(&uuid, key.expose(), etag.as_deref(), max)
+                    .await
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.in_flight = false;
+                act.fetched(res, trigger, ctx);
+                if let Some(t) = act.pending.take() {
+                    act.poll(Some(t), ctx);
+                }
+            }),
+        );
+    }
+
+    fn fetched(
+        &mut self,
+        res: Result<Fetched, CloudError>,
+        trigger: Option<TriggerPoll>,
+        ctx: &mut Context<Self>,
+    ) {
+        let next = self.interval + crate::jitter(self.remote().poll_max_jitter);
+        match res {
+            Ok(Fetched::New { body, etag }) => {
+                if self.failures > 0 {
+                    info!(actor = "poll", attempts = self.failures, decision = "recovered"; "Remote reachable again");
+                }
+                self.failures = 0;
+                self.new_target(body, etag, trigger);
+                let next = self.interval + crate::jitter(self.remote().poll_max_jitter);
+                self.schedule(next, ctx);
+            }
+            Ok(Fetched::NotModified) if self.etag.is_none() => {
+                let delay = self.backoff();
+                warn!(actor = "poll", delay_ms = delay.as_millis() as u64, decision = "retry",
+                    reason = "304 without a cached ETag"; "Target fetch failed");
+                self.schedule(delay, ctx);
+            }
+            Ok(Fetched::NotModified) => {
+                if self.failures > 0 {
+                    info!(actor = "poll", attempts = self.failures, decision = "recovered"; "Remote reachable again");
+                }
+                self.failures = 0;
+                debug!(actor = "poll", decision = "unchanged"; "Target not modified");
+                if let Some(t) = trigger {
+                    self.deps.reapply.do_send(Reapply {
+                        force: t.force,
+                        cancel: t.cancel,
+                        reason: "POST /v1/update: target unchanged",
+                    });
+                }
+                self.schedule(next, ctx);
+            }
+            Err(e) if matches!(e.status(), Some(401) | Some(404)) => {
+                error!(actor = "poll", status = e.status().unwrap_or(0), error:% = ErrorChain(&e),
+                    delay_ms = next.as_millis() as u64, decision = "wait",
+                    reason = "the remote does not know this device or key; next scheduled poll"; "Target fetch refused");
+                self.schedule(next, ctx);
+            }
+            Err(e) => {
+                let delay = e.retry_after().unwrap_or_else(|| self.backoff());
+                let (attempt, delay_ms) = (self.failures, delay.as_millis() as u64);
+                if attempt <= 1 {
+                    warn!(actor = "poll", attempt, delay_ms, error:% = ErrorChain(&e), decision = "retry"; "Target fetch failed");
+                } else {
+                    debug!(actor = "poll", attempt, delay_ms, error:% = ErrorChain(&e), decision = "retry"; "Target fetch failed");
+                }
+                self.schedule(delay, ctx);
+            }
+        }
+    }
+
+    /// A 200: validate and convert, then publish (or reject).
+    fn new_target(
+        &mut self,
+        body: serde_json::Value,
+        etag: Option<String>,
+        trigger: Option<TriggerPoll>,
+    ) {
+        let uuid = self.remote().uuid.clone();
+        let previous: Option<DeviceTarget> = self
+            .deps
+            .targets
+            .latest()
+            .and_then(|t| serde_json::from_value((*t.target).clone()).ok());
+        let current = self.deps.state.get().model.clone();
+        let keep = |app: &str| -> Option<crate::model::device::AppTarget> {
+            previous
+                .as_ref()
+                .and_then(|p| p.apps.get(app).cloned())
+                .or_else(|| {
+                    current
+                        .apps
+                        .get(app)
+                        .and_then(|a| serde_json::to_value(a).ok())
+                        .and_then(|v| serde_json::from_value(v).ok())
+                })
+        };
+        match cloud_model::convert(&body, &uuid, keep) {
+            Err(e) => {
+                warn!(actor = "poll", reason:% = e, decision = "reject"; "Remote target rejected");
+                self.etag = etag;
+                self.deps
+                    .remote_bus
+                    .update(|r| r.document_rejected = Some(e.to_string()));
+                self.deps.rejected.do_send(MarkRejected {
+                    reason: e.to_string(),
+                });
+            }
+            Ok(conv) => {
+                for (app, (release, reason)) in &conv.rejected {
+                    warn!(actor = "poll", app:% = app, release:% = release, reason:% = reason,
+                        decision = "reject"; "Target release rejected");
+                }
+                if let Some(i) = conv.poll_interval {
+                    let i = i.max(self.remote().poll_min_interval);
+                    if i != self.interval {
+                        info!(actor = "poll", interval_ms = i.as_millis() as u64, decision = "configure",
+                            reason = "poll interval from the device config"; "Poll interval changed");
+                        self.interval = i;
+                    }
+                }
+                self.deps.remote_bus.update(|r| {
+                    r.authorized = conv.authorized.clone();
+                    r.rejected = conv.rejected.clone();
+                    r.document_rejected = None;
+                });
+                let value = match serde_json::to_value(&conv.target) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        error!(error:% = e, decision = "reject"; "Target not serialisable");
+                        return;
+                    }
+                };
+                let (force, cancel) = trigger
+                    .map(|t| (t.force, t.cancel))
+                    .unwrap_or((false, true));
+                let unchanged = previous.as_ref() == Some(&conv.target) && trigger.is_none();
+                let res = if unchanged {
+                    debug!(actor = "poll", decision = "unchanged", reason = "same target, new ETag"; "Target fetched");
+                    self.deps.store.put_target(&value, etag.as_deref())
+                } else {
+                    self.deps
+                        .targets
+                        .publish(value, etag.as_deref(), TargetSource::Remote, force, cancel)
+                        .map(|_| ())
+                };
+                match res {
+                    Ok(()) => self.etag = etag,
+                    Err(e) => warn!(actor = "poll", error:% = ErrorChain(&e), decision = "retry",
+                        reason = "target could not be stored; the next poll fetches it again"; "Target not stored"),
+                }
+            }
+        }
     }
 }
 
@@ -55,14 +414,53 @@ impl Resumable for PollActor {
         &mut self.restarts
     }
 
-    fn begin(&mut self, _ctx: &mut Context<Self>) {
-        match &self.remote {
-            None => info!(actor = "poll", decision = "idle",
-                reason = "unmanaged: no remote configured"; "Poll idle"),
-            Some(r) => warn!(actor = "poll", endpoint:% = r.endpoint, decision = "idle",
-                reason = "remote polling is not implemented yet"; "Poll idle"),
+    fn begin(&mut self, ctx: &mut Context<Self>) {
+        let Some(r) = self.deps.remote.clone() else {
+            info!(actor = "poll", decision = "idle", reason = "unmanaged: no remote configured"; "Poll idle");
+            return;
+        };
+        let settings = CloudSettings {
+            endpoint: r.endpoint.clone(),
+            request_timeout: r.request_timeout,
+            extra_ca: self.deps.extra_ca.clone(),
+            user_agent: format!("helios/{}", env!("CARGO_PKG_VERSION")),
+        };
+        match Cloud::new(&settings) {
+            Ok(c) => self.cloud = Some(c),
+            Err(e) => {
+                error!(actor = "poll", endpoint:% = r.endpoint, error:% = ErrorChain(&e), decision = "idle",
+                    reason = "the remote client cannot be set up; fix the configuration"; "Poll idle");
+                return;
+            }
+        }
+        // The ETag is only worth sending with the remote target it belongs to.
+        self.etag = self
+            .deps
+            .store
+            .get_target()
+            .ok()
+            .flatten()
+            .and_then(|t| t.etag);
+        let key = self.api_key.clone();
+        self.deps.remote_bus.update(|b| b.api_key = key);
+        if self.api_key.is_none() {
+            self.register(ctx);
+        } else {
+            info!(actor = "poll", endpoint:% = r.endpoint, interval_ms = self.interval.as_millis() as u64,
+                decision = "poll", reason = "start"; "Polling the remote");
+            self.poll(None, ctx);
         }
     }
 }
 
 crate::supervised_actor!(PollActor);
+
+impl Handler<TriggerPoll> for PollActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TriggerPoll, ctx: &mut Context<Self>) {
+        info!(actor = "poll", force = msg.force, cancel = msg.cancel, decision = "poll",
+            reason = "POST /v1/update"; "Poll triggered");
+        self.poll(Some(msg), ctx);
+    }
+}

@@ -6,3 +6,4 @@ pub mod engine;
 pub mod locks;
 pub mod oci;
 pub mod store;
+pub mod sysinfo;

@@ -1,21 +1,177 @@
-//! ReportActor reads the current-state bus and reports the device state to the remote.
-//! Owns: the last report sent.
-//! Handles: nothing yet (reporting arrives with the remote issue).
-//! Sends: nothing yet.
-//! Restart: idle when the device is unmanaged.
-use actix::Context;
-use log::info;
+//! ReportActor reads the current-state bus and reports the device state to the remote
+//! (spec/state-report-v3.md): `PATCH /device/v3/state` with a two-level diff against the last
+//! successful report, `apps` always whole, metrics smoothed and metric-only changes at most
+//! every 5 minutes, at most one attempt per `min_interval`, backoff with `Retry-After`.
+//! Owns: the last successful report (also in the store, so a restart does not resend it).
+//! Handles: current-state and remote-info changes (watch streams), a metrics timer.
+//! Sends: nothing to other actors.
+//! Restart: reloads the last report from the store; idle when the device is unmanaged.
+pub mod body;
 
+use std::time::{Duration, Instant};
+
+use actix::{ActorFutureExt, AsyncContext, Context, SpawnHandle, StreamHandler, WrapFuture};
+use log::{debug, info, warn};
+use serde_json::{Map, Value};
+use tokio_stream::wrappers::WatchStream;
+
+use crate::bus::{RemoteBus, StateBus};
+use crate::ports::cloud::{Cloud, CloudSettings};
+use crate::ports::store::{Durability, Store};
+use crate::ports::sysinfo::{SysInfo, METRIC_KEYS};
 use crate::supervise::{Restarts, Resumable};
+use crate::ErrorChain;
+
+/// Store key of the last successful report.
+pub const LAST_REPORT_KEY: &str = "report/last";
+/// Metric-only changes wait this long after the last report (spec §5.3).
+const METRICS_EVERY: Duration = Duration::from_secs(300);
+/// First failure backoff (spec §6).
+const BACKOFF_MIN: Duration = Duration::from_secs(15);
+
+/// Everything ReportActor needs.
+#[derive(Clone)]
+pub struct ReportDeps {
+    pub remote: Option<crate::poll::RemoteSettings>,
+    pub extra_ca: Option<std::path::PathBuf>,
+    /// At most one report attempt per this interval (spec: 10 s).
+    pub min_interval: Duration,
+    pub fields: body::DeviceFields,
+    pub data_path: std::path::PathBuf,
+    pub state: StateBus,
+    pub remote_bus: RemoteBus,
+    pub store: Store,
+}
 
 pub struct ReportActor {
-    managed: bool,
+    deps: ReportDeps,
     restarts: Restarts,
+    cloud: Option<Cloud>,
+    sys: Option<SysInfo>,
+    last: Option<Map<String, Value>>,
+    last_sent: Option<Instant>,
+    last_attempt: Option<Instant>,
+    in_flight: bool,
+    timer: Option<SpawnHandle>,
+    failures: u32,
 }
 
 impl ReportActor {
-    pub fn new(managed: bool, restarts: Restarts) -> Self {
-        ReportActor { managed, restarts }
+    pub fn new(deps: ReportDeps, restarts: Restarts) -> Self {
+        ReportActor {
+            deps,
+            restarts,
+            cloud: None,
+            sys: None,
+            last: None,
+            last_sent: None,
+            last_attempt: None,
+            in_flight: false,
+            timer: None,
+            failures: 0,
+        }
+    }
+
+    fn later(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.timer = Some(ctx.run_later(delay, |a, ctx| {
+            a.timer = None;
+            a.report(ctx);
+        }));
+    }
+
+    /// The full report object as of now.
+    fn current(&mut self) -> Map<String, Value> {
+        let state = self.deps.state.get();
+        let remote = self.deps.remote_bus.get();
+        let (facts, metrics) = match self.sys.as_mut() {
+            Some(s) => (s.host_facts(), s.metrics()),
+            None => Default::default(),
+        };
+        let mut m = body::device_fields(&self.deps.fields, &facts);
+        let last = self.last.as_ref();
+        for (k, v) in metrics.to_json() {
+            let smoothed = crate::ports::sysinfo::smooth(&k, last.and_then(|l| l.get(&k)), &v);
+            m.insert(k, smoothed);
+        }
+        m.insert(
+            "apps".into(),
+            body::apps(&state.model, state.target.as_ref(), &remote, state.status),
+        );
+        m
+    }
+
+    fn report(&mut self, ctx: &mut Context<Self>) {
+        let (Some(cloud), Some(remote)) = (self.cloud.clone(), self.deps.remote.clone()) else {
+            return;
+        };
+        let Some(key) = self.deps.remote_bus.get().api_key else {
+            debug!(actor = "report", decision = "wait", reason = "not registered yet"; "Report deferred");
+            return;
+        };
+        if self.in_flight {
+            return;
+        }
+        if let Some(wait) = self
+            .last_attempt
+            .map(|t| self.deps.min_interval.saturating_sub(t.elapsed()))
+            .filter(|w| !w.is_zero())
+        {
+            if self.timer.is_none() {
+                self.later(wait, ctx);
+            }
+            return;
+        }
+        let full = self.current();
+        let diff = body::diff(&full, self.last.as_ref());
+        if diff.is_empty() {
+            return;
+        }
+        let metrics_only = diff.keys().all(|k| METRIC_KEYS.contains(&k.as_str()));
+        if metrics_only && self.last_sent.is_some_and(|t| t.elapsed() < METRICS_EVERY) {
+            debug!(actor = "report", decision = "skip", reason = "metric-only change within 5 minutes"; "Report skipped");
+            return;
+        }
+        let keys: Vec<String> = diff.keys().cloned().collect();
+        let body = Value::Object(Map::from_iter([(remote.uuid.clone(), Value::Object(diff))]));
+        self.in_flight = true;
+        self.last_attempt = Some(Instant::now());
+        ctx.spawn(
+            async move { cloud.patch_state(key.expose(), &body).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.in_flight = false;
+                    match res {
+                        Ok(()) => {
+                            if act.failures > 0 {
+                                info!(actor = "report", attempts = act.failures, decision = "recovered"; "Reports accepted again");
+                            }
+                            act.failures = 0;
+                            info!(actor = "report", fields:? = keys, decision = "sent"; "State reported");
+                            let v = Value::Object(full.clone());
+                            if let Err(e) = act.deps.store.put_json(LAST_REPORT_KEY, &v, Durability::Lazy) {
+                                warn!(actor = "report", error:% = ErrorChain(&e), decision = "continue"; "Last report not stored");
+                            }
+                            act.last = Some(full);
+                            act.last_sent = Some(Instant::now());
+                            // Changes that arrived meanwhile go out after the throttle.
+                            act.later(act.deps.min_interval, ctx);
+                        }
+                        Err(e) => {
+                            let cap = remote.poll_interval.max(BACKOFF_MIN);
+                            let delay = e.retry_after().map(|d| d.min(cap)).unwrap_or_else(|| {
+                                BACKOFF_MIN.saturating_mul(1u32 << act.failures.min(16)).min(cap)
+                            });
+                            act.failures += 1;
+                            warn!(actor = "report", attempt = act.failures, delay_ms = delay.as_millis() as u64,
+                                error:% = ErrorChain(&e), decision = "retry"; "State report failed");
+                            act.later(delay, ctx);
+                        }
+                    }
+                }),
+        );
     }
 }
 
@@ -24,14 +180,57 @@ impl Resumable for ReportActor {
         &mut self.restarts
     }
 
-    fn begin(&mut self, _ctx: &mut Context<Self>) {
-        let reason = if self.managed {
-            "state reporting is not implemented yet"
-        } else {
-            "unmanaged: no remote to report to"
+    fn begin(&mut self, ctx: &mut Context<Self>) {
+        let Some(r) = self.deps.remote.clone() else {
+            info!(actor = "report", decision = "idle", reason = "unmanaged: no remote to report to"; "Report idle");
+            return;
         };
-        info!(actor = "report", decision = "idle", reason; "Report idle");
+        let settings = CloudSettings {
+            endpoint: r.endpoint.clone(),
+            request_timeout: r.request_timeout,
+            extra_ca: self.deps.extra_ca.clone(),
+            user_agent: format!("helios/{}", env!("CARGO_PKG_VERSION")),
+        };
+        match Cloud::new(&settings) {
+            Ok(c) => self.cloud = Some(c),
+            Err(e) => {
+                warn!(actor = "report", error:% = ErrorChain(&e), decision = "idle",
+                    reason = "the remote client cannot be set up"; "Report idle");
+                return;
+            }
+        }
+        self.sys = Some(SysInfo::new(&self.deps.data_path));
+        self.last = self
+            .deps
+            .store
+            .get_json(LAST_REPORT_KEY)
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_object().cloned());
+        self.in_flight = false;
+        self.timer = None;
+        ctx.add_stream(WatchStream::new(self.deps.state.subscribe()));
+        ctx.add_stream(WatchStream::new(self.deps.remote_bus.subscribe()));
+        ctx.run_interval(METRICS_EVERY, |a, ctx| a.report(ctx));
+        info!(actor = "report", endpoint:% = r.endpoint, resumed = self.last.is_some(),
+            decision = "report", reason = "start"; "Reporting to the remote");
     }
 }
 
 crate::supervised_actor!(ReportActor);
+
+impl StreamHandler<std::sync::Arc<crate::model::CurrentState>> for ReportActor {
+    fn handle(&mut self, _: std::sync::Arc<crate::model::CurrentState>, ctx: &mut Context<Self>) {
+        self.report(ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+impl StreamHandler<crate::model::RemoteInfo> for ReportActor {
+    fn handle(&mut self, _: crate::model::RemoteInfo, ctx: &mut Context<Self>) {
+        self.report(ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}

@@ -14,6 +14,14 @@ pub struct Reapply {
     pub reason: &'static str,
 }
 
+/// Sent by PollActor when a remote document could not be understood at all: the status
+/// becomes `rejected`; nothing running changes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct MarkRejected {
+    pub reason: String,
+}
+
 /// Sent by the API (`POST /v3/device/apps/{uuid}/plan`): the steps an apply of this target
 /// would run from the current state, without running them.
 #[derive(Debug, Message)]

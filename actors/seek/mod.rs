@@ -34,7 +34,7 @@ use crate::ports::store::Store;
 use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
 
-pub use messages::{PlanError, PreviewPlan, Reapply};
+pub use messages::{MarkRejected, PlanError, PreviewPlan, Reapply};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeekSettings {
@@ -204,12 +204,14 @@ impl SeekActor {
             Err(e) => {
                 error!(seq = req.seq, error:% = e, decision = "reject",
                     reason = "stored target does not fit the model"; "Target rejected");
+                self.deps.state.update(|c| c.seq = req.seq);
                 self.target = Some(req);
                 self.set_status(UpdateStatus::Rejected);
                 return;
             }
         };
         self.target = Some(req.clone());
+        self.deps.state.update(|c| c.seq = req.seq);
         self.set_status(UpdateStatus::ApplyingChanges);
         self.attempt += 1;
         let fut = apply(
@@ -321,6 +323,7 @@ async fn read_and_publish(
     deps.state.update(|c| {
         c.device = doc;
         c.model = dev.clone();
+        c.target = target.cloned();
     });
     Ok((dev, images))
 }
@@ -494,6 +497,17 @@ impl Handler<Reapply> for SeekActor {
         });
         info!(force = msg.force, cancel = msg.cancel, decision = "reapply", reason:% = msg.reason; "Re-applying the target");
         self.on_target(req, ctx);
+    }
+}
+
+impl Handler<MarkRejected> for SeekActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MarkRejected, _ctx: &mut Context<Self>) {
+        warn!(reason:% = msg.reason, decision = "reject"; "Remote target rejected, nothing changes");
+        if self.applying.is_none() {
+            self.set_status(UpdateStatus::Rejected);
+        }
     }
 }
 

@@ -35,6 +35,8 @@ pub struct ApiState {
     pub caps: CapsBus,
     pub seek_plan: actix::Recipient<helios_actors::seek::PreviewPlan>,
     pub seek_reapply: actix::Recipient<helios_actors::seek::Reapply>,
+    /// Present when managed: `/v1/update` polls first.
+    pub poll: Option<actix::Recipient<helios_actors::poll::TriggerPoll>>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -7,6 +7,7 @@ use serde_json::json;
 use helios_actors::bus::TargetSource;
 use helios_actors::model::device::{AppTarget, Device, DeviceTarget};
 use helios_actors::model::target;
+use helios_actors::poll::TriggerPoll;
 use helios_actors::seek::{PlanError, PreviewPlan, Reapply};
 
 use super::error::ApiError;
@@ -22,7 +23,8 @@ pub async fn ping() -> impl Responder {
 /// `GET /v3/status` → `{"status": "<update status>"}` (§4.3).
 pub async fn status(state: web::Data<ApiState>) -> impl Responder {
     let cur = state.state.get();
-    HttpResponse::Ok().json(json!({ "status": cur.status }))
+    let latest = state.targets.latest().map(|t| t.seq);
+    HttpResponse::Ok().json(json!({ "status": cur.status_for(latest) }))
 }
 
 /// `GET /v3/version` → version, git commit and build time.
@@ -219,10 +221,16 @@ pub async fn v1_update(state: web::Data<ApiState>, body: web::Bytes) -> impl Res
             cancel: true,
         })
     };
-    state.seek_reapply.do_send(Reapply {
-        force: b.force,
-        cancel: b.cancel,
-        reason: "POST /v1/update",
-    });
+    match &state.poll {
+        Some(poll) => poll.do_send(TriggerPoll {
+            force: b.force,
+            cancel: b.cancel,
+        }),
+        None => state.seek_reapply.do_send(Reapply {
+            force: b.force,
+            cancel: b.cancel,
+            reason: "POST /v1/update (unmanaged)",
+        }),
+    }
     HttpResponse::Accepted().finish()
 }

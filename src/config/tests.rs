@@ -349,6 +349,7 @@ fn example_config_matches_the_defaults() {
     let example: Layer = toml::from_str(&uncommented).expect("example parses");
     let defaults = Layer::defaults();
     assert_eq!(example.remote, defaults.remote);
+    assert_eq!(example.remote.report_min_interval_ms, Some(10_000));
     assert_eq!(example.seek, defaults.seek);
     assert_eq!(example.engine, defaults.engine);
     assert_eq!(example.supervision, defaults.supervision);
@@ -360,4 +361,64 @@ fn example_config_matches_the_defaults() {
     assert_eq!(example.api.max_body_bytes, defaults.api.max_body_bytes);
     assert_eq!(example.host.dbus_address, defaults.host.dbus_address);
     assert_eq!(example.api.listen, Some(vec![DEFAULT_LISTEN.to_string()]));
+}
+
+#[test]
+fn a_stored_identity_wins_over_partial_flags_and_provisioning_is_ignored() {
+    let case = Case::new().file(
+        "uuid = \"stored\"\n[remote]\napi_endpoint = \"https://api.example.com\"\napi_key = \"stored-key\"\n",
+    );
+    let c = case
+        .resolve(
+            &[
+                "--uuid",
+                "other",
+                "--provisioning-key",
+                "p",
+                "--provisioning-fleet",
+                "1",
+                "--provisioning-device-type",
+                "t",
+            ],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(c.uuid, "stored");
+    match &c.remote {
+        RemoteMode::Managed(r) => assert_eq!(r.api_key.as_deref(), Some("stored-key")),
+        other => panic!("expected managed, got {other:?}"),
+    }
+    assert!(c.ignored_identity.iter().any(|k| k == "uuid"));
+    assert!(c
+        .ignored_identity
+        .iter()
+        .any(|k| k.starts_with("provisioning.key")));
+
+    // All three given together replace it.
+    let c = case
+        .resolve(
+            &[
+                "--uuid",
+                "new",
+                "--remote-api-endpoint",
+                "https://b.example.com",
+                "--remote-api-key",
+                "k2",
+            ],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(c.uuid, "new");
+    assert!(c.ignored_identity.is_empty());
+}
+
+#[test]
+fn saving_an_identity_drops_the_provisioning_key() {
+    let case = Case::new().file("[provisioning]\nkey = \"p\"\nfleet = 3\ndevice_type = \"t\"\n");
+    save_identity(&case.path(), "u", "https://api.example.com", "k").unwrap();
+    let text = std::fs::read_to_string(case.path()).unwrap();
+    assert!(!text.contains("key = \"p\""), "{text}");
+    let c = case.resolve(&[], &[]).unwrap();
+    assert_eq!(c.uuid, "u");
+    assert!(matches!(c.remote, RemoteMode::Managed(_)));
 }
