@@ -178,3 +178,38 @@ fn an_accepted_target_survives_sigkill() {
     assert_eq!(stored.target["apps"]["app-kept"]["id"], 7);
     assert_eq!(stored.target["apps"]["app-kept"]["name"], "kept");
 }
+
+#[test]
+fn plan_preview_lists_steps_with_reasons_and_runs_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(AgentOpts::new(home.path()));
+    let body = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello.json"))
+        .unwrap();
+    let r = agent.post_json("/v3/device/apps/hello-app/plan", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let steps: Vec<String> = serde_json::from_value(r.json()["steps"].clone()).unwrap();
+    let at = |needle: &str| {
+        steps
+            .iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {steps:#?}"))
+    };
+    assert!(at("pull image 'busybox:1.36'") < at("create container 'web_hello-release-1'"));
+    assert!(at("create network 'front_hello-app'") < at("create container 'web_hello-release-1'"));
+    assert!(
+        at("start container 'web_hello-release-1'")
+            < at("start container 'ticker_hello-release-1'")
+    );
+    assert!(
+        steps.iter().all(|s| s.contains('(')),
+        "every step says why: {steps:#?}"
+    );
+    // Nothing was stored or applied.
+    assert_eq!(agent.get("/v3/status").json()["status"], "done");
+    assert_eq!(
+        agent.get("/v3/device").json()["apps"],
+        serde_json::json!({})
+    );
+    let bad = agent.post_json("/v3/device/apps/hello-app/plan", r#"{"id": "x"}"#);
+    assert_eq!(bad.status, 422);
+}

@@ -308,3 +308,63 @@ async fn a_user_lock_holds_the_update_until_forced() {
     assert_eq!(agent.get(&path).json()["locked"], false);
     empty_engine(&d).await;
 }
+
+#[tokio::test]
+async fn a_newer_target_with_cancel_interrupts_a_running_apply() {
+    let Some(infra) = infra("engine::strategies") else {
+        return;
+    };
+    let d = docker(infra).await;
+    empty_engine(&d).await;
+    let home = tempfile::tempdir().unwrap();
+    let agent = agent(infra, home.path());
+    let path = format!("/v3/device/apps/{APP}");
+    assert_eq!(
+        agent
+            .post_json(&path, &target(&infra.image_a, "rel-1", "hand-over"))
+            .status,
+        202
+    );
+    done(&agent);
+    // rel-2 never signals hand-over completion (the timeout is long): the apply waits...
+    let waiting = json!({"id": 3, "name": "strategies", "releases": {"rel-2": {
+        "services": {"main": {"id": 31, "image": infra.image_b,
+            "labels": {"io.balena.update.strategy": "hand-over",
+                       "io.balena.update.handover-timeout": "600000"},
+            "composition": {"command": "sleep infinity", "volumes": ["data:/data"],
+                            "stop_grace_period": "1s"}}},
+        "volumes": {"data": {}}}}});
+    assert_eq!(agent.post_json(&path, &waiting.to_string()).status, 202);
+    agent
+        .wait_log(
+            |l| l.contains("step=\"wait hand-over\"") && l.contains("Step started"),
+            Duration::from_secs(60),
+        )
+        .expect("the apply waits for the hand-over");
+    assert_eq!(agent.get("/v3/status").json()["status"], "applying changes");
+    // ...until a newer target with cancel=true interrupts it.
+    assert_eq!(
+        agent
+            .post_json(
+                &format!("{path}?cancel=true"),
+                &target(&infra.image_a, "rel-3", "download-then-kill")
+            )
+            .status,
+        202
+    );
+    agent
+        .wait_log(
+            |l| l.contains("decision=interrupt"),
+            Duration::from_secs(10),
+        )
+        .expect("the running apply is interrupted");
+    done(&agent);
+    let dev = agent.get("/v3/device").json();
+    let rels: Vec<&String> = dev["apps"][APP]["releases"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(rels, ["rel-3"], "converged on the newest target");
+    empty_engine(&d).await;
+}
