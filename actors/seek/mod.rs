@@ -82,6 +82,37 @@ pub struct SeekActor {
     status: UpdateStatus,
 }
 
+/// Why an apply started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// A new target (or a re-apply request).
+    Target,
+    /// The previous attempt failed.
+    Retry,
+    /// The engine changed under us, or the periodic check.
+    Drift,
+}
+
+impl Cause {
+    fn reason(self) -> &'static str {
+        match self {
+            Cause::Target => "the device differs from the new target",
+            Cause::Retry => "the previous attempt did not reach the target",
+            Cause::Drift => "drift: the engine no longer matches the target",
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cause::Target => "target",
+            Cause::Retry => "retry",
+            Cause::Drift => "drift",
+        })
+    }
+}
+
 /// How an apply ended.
 enum Outcome {
     /// Reached the target.
@@ -187,10 +218,10 @@ impl SeekActor {
             }
         }
         self.attempt = 0;
-        self.start_apply(req, ctx);
+        self.start_apply(req, Cause::Target, ctx);
     }
 
-    fn start_apply(&mut self, req: Arc<TargetRequest>, ctx: &mut Context<Self>) {
+    fn start_apply(&mut self, req: Arc<TargetRequest>, cause: Cause, ctx: &mut Context<Self>) {
         if let Some(h) = self.retry.take() {
             ctx.cancel_future(h);
         }
@@ -215,6 +246,7 @@ impl SeekActor {
         self.set_status(UpdateStatus::ApplyingChanges);
         self.attempt += 1;
         let fut = apply(
+            cause,
             engine,
             self.template.clone(),
             self.deps.clone(),
@@ -233,7 +265,7 @@ impl SeekActor {
         self.deps.locks.release_all();
         if let Some(next) = self.pending.take() {
             self.attempt = 0;
-            self.start_apply(next, ctx);
+            self.start_apply(next, Cause::Target, ctx);
             return;
         }
         match outcome {
@@ -259,7 +291,7 @@ impl SeekActor {
         self.retry = Some(ctx.run_later(delay, |a, ctx| {
             a.retry = None;
             if let Some(t) = a.target.clone() {
-                a.start_apply(t, ctx);
+                a.start_apply(t, Cause::Retry, ctx);
             }
         }));
     }
@@ -272,7 +304,7 @@ impl SeekActor {
         match self.target.clone() {
             Some(t) => {
                 debug!(decision = "check", reason = "engine changed or periodic check"; "Checking for drift");
-                self.start_apply(t, ctx);
+                self.start_apply(t, Cause::Drift, ctx);
             }
             None => {
                 // No target yet: just publish what the engine holds.
@@ -330,6 +362,7 @@ async fn read_and_publish(
 
 /// One apply: read the engine, plan, run the workflow while publishing every state.
 async fn apply(
+    cause: Cause,
     engine: Engine,
     template: Worker<Device, Uninitialized>,
     deps: SeekDeps,
@@ -378,7 +411,7 @@ async fn apply(
     }
     let steps = messages::steps(&workflow);
     info!(seq = req.seq, source:% = req.source, attempt, steps = steps.len(), plan_ms,
-        decision = "apply", reason = "the device differs from the target"; "Plan computed");
+        cause:% = cause, decision = "apply", reason = cause.reason(); "Plan computed");
     for (i, s) in steps.iter().enumerate() {
         info!(seq = req.seq, n = i + 1, step:% = s, decision = "plan"; "Planned step");
     }

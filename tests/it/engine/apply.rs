@@ -280,7 +280,19 @@ async fn installs_a_release_heals_drift_and_removes_it() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(healed.is_some(), "helios recreated the removed container");
-    assert!(agent.logs().iter().any(|l| l.contains("decision=apply")));
+    let drift = agent
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("cause=drift") && l.contains("decision=apply"))
+        .expect("the drift is logged as the reason of the apply");
+    assert!(drift.contains("reason=\"drift"), "{drift}");
+    assert!(
+        agent
+            .logs()
+            .iter()
+            .any(|l| l.contains("decision=plan") && l.contains("create container 'web_rel-1'")),
+        "the plan says what it recreates"
+    );
 
     // DELETE removes the app, its networks, volumes and images.
     let r = http_delete(&agent, &format!("/v3/device/apps/{APP}"));
