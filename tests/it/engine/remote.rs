@@ -314,3 +314,110 @@ async fn a_failing_cloud_backs_off_and_the_apps_keep_running() {
     drop(agent);
     empty_engine(&d).await;
 }
+
+#[tokio::test]
+async fn a_lying_cloud_changes_nothing_and_the_agent_keeps_going() {
+    let Some(infra) = infra("engine::remote") else {
+        return;
+    };
+    let d = docker(infra).await;
+    empty_engine(&d).await;
+    let cloud = FakeCloud::start();
+    cloud.add_fleet(1, "p");
+    cloud.add_device(UUID, "device-key-1", 1);
+    cloud.set_target(
+        UUID,
+        device_target(infra, app(infra, "rel-1", "sleep infinity")),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        opts(infra, home.path())
+            .arg("--uuid")
+            .arg(UUID)
+            .arg("--remote-api-endpoint")
+            .arg(cloud.url.clone())
+            .arg("--remote-api-key")
+            .arg("device-key-1")
+            .arg("--remote-poll-interval-ms")
+            .arg("1000")
+            .arg("--remote-request-timeout-ms")
+            .arg("1000"),
+    );
+    let ok = eventually(Duration::from_secs(90), || {
+        let apps = last_apps(&cloud)?;
+        (apps[APP]["releases"]["rel-1"]["update_status"] == "done").then_some(())
+    });
+    assert!(ok.is_some(), "installed first");
+    let running = d
+        .inspect_container("main_rel-1", None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+
+    // A slow cloud (beyond the request timeout) is a logged failure.
+    cloud.set_target(
+        UUID,
+        device_target(infra, app(infra, "rel-2", "sleep 1000000")),
+    );
+    cloud.set_latency(Duration::from_millis(1500));
+    let slow = eventually(Duration::from_secs(30), || {
+        agent
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("Target fetch failed") && l.contains("within 1000 ms"))
+    });
+    cloud.set_latency(Duration::ZERO);
+    assert!(slow.is_some(), "a slow cloud is a logged failure");
+
+    // Garbage, a huge body, a reset connection and a refused key: each is a logged decision;
+    // nothing running changes.
+    let start = Instant::now();
+    for fault in [
+        Fault::Garbage,
+        Fault::Huge(12 << 20),
+        Fault::Reset,
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+        },
+    ] {
+        cloud.inject(Route::Target, 1, fault);
+    }
+    let faults_done = eventually(Duration::from_secs(60), || {
+        let n = cloud
+            .requests()
+            .into_iter()
+            .filter(|r| r.route == Route::Target && r.at > start)
+            .count();
+        (n >= 4).then_some(())
+    });
+    assert!(
+        faults_done.is_some(),
+        "the agent kept polling through the faults"
+    );
+    let still = d
+        .inspect_container("main_rel-1", None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_eq!(
+        still.id, running.id,
+        "nothing running changed because of the faults"
+    );
+    let refused = agent.wait_log(
+        |l| l.contains("Target fetch refused"),
+        Duration::from_secs(10),
+    );
+    assert!(refused.is_some(), "401 is logged");
+
+    // Then the cloud tells the truth again: the agent converges.
+    let converged = eventually(Duration::from_secs(90), || {
+        let apps = last_apps(&cloud)?;
+        (apps[APP]["releases"]["rel-2"]["update_status"] == "done").then_some(())
+    });
+    assert!(
+        converged.is_some(),
+        "converges once the cloud answers properly"
+    );
+    assert_eq!(agent.get("/ping").status, 200);
+    drop(agent);
+    empty_engine(&d).await;
+}
