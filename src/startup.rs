@@ -18,6 +18,7 @@ use helios_actors::model::{
 };
 use helios_actors::poll::register::Identity;
 use helios_actors::poll::{IdentitySink, PollActor, PollDeps, Provisioning};
+use helios_actors::ports::apikeys::ApiKeys;
 use helios_actors::ports::locks::Locks;
 use helios_actors::ports::store::{Opened, Store};
 use helios_actors::proxy::ProxyActor;
@@ -209,6 +210,13 @@ pub async fn run(
         seek_plan: seek.clone().recipient(),
         seek_reapply: seek.clone().recipient(),
         poll: remote_settings.is_some().then(|| poll.clone().recipient()),
+        remote: remote_bus.clone(),
+        keys: match &config.device_api_key {
+            Some(k) => ApiKeys::new(k, true),
+            None => ApiKeys::default(),
+        },
+        store: store.clone(),
+        managed: remote_settings.is_some(),
     };
     let _actors = (seek, poll, report, proxy, host);
     let (server, bound) = match api::bind(

@@ -23,6 +23,16 @@ pub enum ApiError {
     /// A component the request needs is not available.
     #[error("{0}")]
     Unavailable(String),
+    /// No key, or not one of ours (plain `Unauthorized`, spec/device-api.md §2.2).
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// The device API's JSON error envelope `{"status":"failed","message":…}` with a status
+    /// (spec/device-api.md §2.4).
+    #[error("{message}")]
+    Failed { status: u16, message: String },
+    /// A plain-text error with a status, for the endpoints the spec answers in text.
+    #[error("{message}")]
+    Text { status: u16, message: String },
 }
 
 impl ResponseError for ApiError {
@@ -34,6 +44,10 @@ impl ResponseError for ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Failed { status, .. } | ApiError::Text { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
 
@@ -41,6 +55,9 @@ impl ResponseError for ApiError {
         let mut r = HttpResponse::build(self.status_code());
         match self {
             ApiError::NotFound => r.finish(),
+            ApiError::Failed { message, .. } => {
+                r.json(serde_json::json!({"status": "failed", "message": message}))
+            }
             other => r
                 .content_type("text/plain; charset=utf-8")
                 .body(other.to_string()),

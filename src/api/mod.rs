@@ -1,6 +1,9 @@
 //! The local HTTP API (actix-web): listeners on TCP and unix sockets, routes, shared state.
 //! Handlers read the buses and write targets; bodies are streamed, never sent to a mailbox.
+pub mod auth;
 pub mod error;
+pub mod v1;
+pub mod v2;
 pub mod v3;
 
 use std::net::SocketAddr;
@@ -37,6 +40,11 @@ pub struct ApiState {
     pub seek_reapply: actix::Recipient<helios_actors::seek::Reapply>,
     /// Present when managed: `/v1/update` polls first.
     pub poll: Option<actix::Recipient<helios_actors::poll::TriggerPoll>>,
+    pub remote: helios_actors::bus::RemoteBus,
+    pub keys: helios_actors::ports::apikeys::ApiKeys,
+    pub store: helios_actors::ports::store::Store,
+    /// Whether a remote is configured (managed device).
+    pub managed: bool,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -49,7 +57,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v3/device/apps/{uuid}", web::post().to(v3::post_app))
         .route("/v3/device/apps/{uuid}", web::delete().to(v3::delete_app))
         .route("/v3/device/apps/{uuid}/plan", web::post().to(v3::plan_app))
-        .route("/v1/update", web::post().to(v3::v1_update));
+        .route("/v1/update", web::post().to(v3::v1_update))
+        .configure(v1::routes)
+        .configure(v2::routes);
 }
 
 #[derive(Debug, thiserror::Error)]

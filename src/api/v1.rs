@@ -1,0 +1,4 @@
+//! The supervisor `/v1` device API (spec/device-api.md §3–§4).
+use actix_web::web;
+
+pub fn routes(_cfg: &mut web::ServiceConfig) {}
