@@ -18,9 +18,9 @@ use helios_actors::model::{
 };
 use helios_actors::poll::register::Identity;
 use helios_actors::poll::{IdentitySink, PollActor, PollDeps, Provisioning};
-use helios_actors::ports::apikeys::ApiKeys;
+use helios_actors::ports::apikeys::{ApiKeys, GlobalKeySink, SupervisorApi};
 use helios_actors::ports::locks::Locks;
-use helios_actors::ports::store::{Opened, Store};
+use helios_actors::ports::store::{Opened, Store, StoreError};
 use helios_actors::proxy::ProxyActor;
 use helios_actors::report::body::DeviceFields;
 use helios_actors::report::{ReportActor, ReportDeps};
@@ -77,6 +77,15 @@ pub async fn run(
         }
     };
 
+    let keys = match device_api_keys(&config, &store) {
+        Ok(k) => k,
+        Err(e) => {
+            error!(error:% = ErrorChain(&e), decision = "exit"; "Store unreadable after open");
+            return ExitCode::Startup;
+        }
+    };
+    let supervisor_api = SupervisorApi::new(keys.clone());
+
     let caps = CapsBus::new(initial_caps(&config));
     log_configured_caps(&caps.get(), &config);
     // With a stored target, the device is not known to be on it until Seek has checked.
@@ -109,6 +118,7 @@ pub async fn run(
             targets: targets.clone(),
             state: state.clone(),
             caps: caps.clone(),
+            supervisor_api: supervisor_api.clone(),
         };
         let r = restarts("seek");
         Supervisor::start(move |_| SeekActor::new(deps, r))
@@ -190,6 +200,7 @@ pub async fn run(
             state: state.clone(),
             remote_bus: remote_bus.clone(),
             store: store.clone(),
+            keys: keys.clone(),
         };
         let r = restarts("report");
         Supervisor::start(move |_| ReportActor::new(deps, r))
@@ -209,12 +220,10 @@ pub async fn run(
         caps,
         seek_plan: seek.clone().recipient(),
         seek_reapply: seek.clone().recipient(),
+        seek_action: seek.clone().recipient(),
         poll: remote_settings.is_some().then(|| poll.clone().recipient()),
         remote: remote_bus.clone(),
-        keys: match &config.device_api_key {
-            Some(k) => ApiKeys::new(k, true),
-            None => ApiKeys::default(),
-        },
+        keys,
         store: store.clone(),
         managed: remote_settings.is_some(),
     };
@@ -231,6 +240,12 @@ pub async fn run(
             return ExitCode::Startup;
         }
     };
+    if let Some(a) = bound.iter().find_map(|a| match a {
+        ListenAddr::Tcp(a) => Some(*a),
+        ListenAddr::Unix(_) => None,
+    }) {
+        supervisor_api.set_address(a);
+    }
     on_listen(&bound);
     let handle = server.handle();
     actix::spawn(async move {
@@ -318,4 +333,51 @@ fn persist_generated(config: &Config) {
         Err(e) => warn!(error:% = e, decision = "continue",
             reason = "the uuid will change at the next start"; "Identity not saved"),
     }
+}
+
+/// The device API keys (spec/device-api.md §2): required when the device is managed (a remote
+/// is configured) or a key is configured. Without a configured key, a managed device generates
+/// one and saves it to the config file; an unmanaged one has no global key (and takes none).
+fn device_api_keys(config: &Config, store: &Store) -> Result<ApiKeys, StoreError> {
+    let managed = !matches!(config.remote, RemoteMode::Unmanaged);
+    let global = match &config.device_api_key {
+        Some(k) => Some(Secret::new(k.clone())),
+        None if managed => {
+            let k = Secret::new(helios_actors::random_hex32());
+            match save_device_api_key(&config.config_path, &k) {
+                Ok(()) => info!(path:% = config.config_path.display(), decision = "persist",
+                    reason = "device API key generated"; "Device API key saved"),
+                Err(e) => warn!(error:% = e, decision = "continue",
+                    reason = "a new key is generated at the next start"; "Device API key not saved"),
+            }
+            Some(k)
+        }
+        None => None,
+    };
+    let path = config.config_path.clone();
+    let save: GlobalKeySink = Arc::new(move |k: &Secret| {
+        save_device_api_key(&path, k).map_err(|e| e.to_string())?;
+        info!(path:% = path.display(), decision = "persist", reason = "device API key regenerated";
+            "Device API key saved");
+        Ok(())
+    });
+    ApiKeys::open(
+        store.clone(),
+        global,
+        managed || config.device_api_key.is_some(),
+        save,
+    )
+}
+
+/// Writes the global device API key to the config file (`api.device_api_key`, mode 0600). A key
+/// given by flag or environment still wins over the file at the next start.
+fn save_device_api_key(path: &std::path::Path, key: &Secret) -> Result<(), config::ConfigError> {
+    let update = Layer {
+        api: config::ApiLayer {
+            device_api_key: Some(key.expose().to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    config::save_to_file(path, &update)
 }

@@ -67,3 +67,45 @@ pub fn preview(
         Err(e) => Err(PlanError::Failed(e.to_string())),
     }
 }
+
+/// What a device API action does to an app (spec/device-api.md §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Stop and remove the app's containers, then apply the target (new containers).
+    RestartApp,
+    /// As restart, and also remove the app's volumes (created empty again).
+    PurgeApp,
+    /// Stop and remove one service's container, then apply the target.
+    RestartService(String),
+    /// Stop one service's container, keep it.
+    StopService(String),
+    /// Start one service's container (the apply creates it if missing).
+    StartService(String),
+}
+
+/// Sent by the API (`/v1/restart`, `/v2/applications/:appId/restart-service`, ...): run an
+/// action on an app now, interrupting any apply; the target is re-applied afterwards (except
+/// after a stop).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ActionDone, ActionError>")]
+pub struct RunAction {
+    pub app_uuid: String,
+    pub action: Action,
+    pub force: bool,
+}
+
+/// The container the action worked on, when it was one service's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActionDone {
+    pub container_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+}

@@ -7,6 +7,7 @@
 //! Restart: reconnects to the engine (waiting with backoff while it is missing), re-reads the
 //! current state and resumes seeking the latest target. An engine event stream that breaks is a
 //! failure that restarts it.
+pub mod actions;
 pub mod current;
 pub mod messages;
 pub mod plan;
@@ -34,7 +35,9 @@ use crate::ports::store::Store;
 use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
 
-pub use messages::{MarkRejected, PlanError, PreviewPlan, Reapply};
+pub use messages::{
+    Action, ActionDone, ActionError, MarkRejected, PlanError, PreviewPlan, Reapply, RunAction,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeekSettings {
@@ -55,6 +58,8 @@ pub struct SeekDeps {
     pub targets: TargetBus,
     pub state: StateBus,
     pub caps: CapsBus,
+    /// Keys and address for containers with the supervisor-api feature.
+    pub supervisor_api: crate::ports::apikeys::SupervisorApi,
 }
 
 const CONNECT_MIN: Duration = Duration::from_millis(500);
@@ -385,6 +390,7 @@ async fn apply(
         device_name: target.name.clone(),
         host_os: deps.host_os.clone(),
         host_runtime_dir: deps.host_runtime_dir.clone(),
+        supervisor_api: deps.supervisor_api.clone(),
         force: req.force,
     });
     let worker = match worker.initial_state(current.clone()) {
@@ -530,6 +536,38 @@ impl Handler<Reapply> for SeekActor {
         });
         info!(force = msg.force, cancel = msg.cancel, decision = "reapply", reason:% = msg.reason; "Re-applying the target");
         self.on_target(req, ctx);
+    }
+}
+
+impl Handler<RunAction> for SeekActor {
+    type Result = actix::AtomicResponse<Self, Result<ActionDone, ActionError>>;
+
+    /// Runs exclusively (the mailbox and streams wait): an apply in progress is interrupted
+    /// first, and the target is sought again afterwards.
+    fn handle(&mut self, msg: RunAction, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(h) = self.applying.take() {
+            ctx.cancel_future(h);
+            info!(app:% = msg.app_uuid, decision = "interrupt", reason = "device API action"; "Interrupting the running apply");
+        }
+        if let Some(h) = self.retry.take() {
+            ctx.cancel_future(h);
+        }
+        let engine = self.engine.clone();
+        let model = self.deps.state.get().model.clone();
+        let locks = self.deps.locks.clone();
+        let fut = async move {
+            let engine =
+                engine.ok_or_else(|| ActionError::Failed("the engine is not reachable".into()))?;
+            actions::run(&engine, &locks, &model, &msg).await
+        };
+        actix::AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, ctx| {
+            act.deps.locks.release_all();
+            // Seek the target again: it re-creates what the action removed.
+            if let Some(t) = act.target.clone() {
+                act.start_apply(t, Cause::Target, ctx);
+            }
+            res
+        })))
     }
 }
 

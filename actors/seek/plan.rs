@@ -35,6 +35,8 @@ pub struct Effects {
     pub device_name: Option<String>,
     pub host_os: Option<OsVersion>,
     pub host_runtime_dir: PathBuf,
+    /// Keys and address for containers with the supervisor-api feature.
+    pub supervisor_api: crate::ports::apikeys::SupervisorApi,
     pub force: bool,
 }
 
@@ -567,7 +569,9 @@ fn create_container(
                 let a = tgt_app_meta(&fx.store, &app);
                 (a.0, a.1)
             };
-            let no_env = BTreeMap::new();
+            let extra_env = fx
+                .supervisor_api
+                .container_env(app_id, &name, &svc.config)?;
             let ctx = oci::ServiceContext {
                 app_uuid: &app,
                 app_id,
@@ -580,7 +584,7 @@ fn create_container(
                 host_os: fx.host_os.as_ref(),
                 host_runtime_dir: &fx.host_runtime_dir,
                 image: &svc.image,
-                extra_env: &no_env,
+                extra_env: &extra_env,
             };
             let (body, connect) = oci::container_create_body(&ctx, &svc.config);
             // A leftover of an interrupted create with the same name: replace it.

@@ -1,5 +1,6 @@
 //! The local HTTP API (actix-web): listeners on TCP and unix sockets, routes, shared state.
 //! Handlers read the buses and write targets; bodies are streamed, never sent to a mailbox.
+pub mod actions;
 pub mod auth;
 pub mod error;
 pub mod v1;
@@ -38,6 +39,7 @@ pub struct ApiState {
     pub caps: CapsBus,
     pub seek_plan: actix::Recipient<helios_actors::seek::PreviewPlan>,
     pub seek_reapply: actix::Recipient<helios_actors::seek::Reapply>,
+    pub seek_action: actix::Recipient<helios_actors::seek::RunAction>,
     /// Present when managed: `/v1/update` polls first.
     pub poll: Option<actix::Recipient<helios_actors::poll::TriggerPoll>>,
     pub remote: helios_actors::bus::RemoteBus,
@@ -58,6 +60,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v3/device/apps/{uuid}", web::delete().to(v3::delete_app))
         .route("/v3/device/apps/{uuid}/plan", web::post().to(v3::plan_app))
         .route("/v1/update", web::post().to(v3::v1_update))
+        .configure(actions::routes)
         .configure(v1::routes)
         .configure(v2::routes);
 }
@@ -80,10 +83,15 @@ pub fn bind(
     workers: usize,
     max_body_bytes: usize,
 ) -> Result<(actix_web::dev::Server, Vec<ListenAddr>), BindError> {
+    let clock = web::Data::from(v1::ApplyClock::watch(
+        state.state.clone(),
+        state.targets.clone(),
+    ));
     let data = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(clock.clone())
             .app_data(web::JsonConfig::default().limit(max_body_bytes))
             .app_data(web::PayloadConfig::default().limit(max_body_bytes))
             .configure(routes)

@@ -1,4 +1,5 @@
 //! Tests that drive the test engine (run one at a time: nextest test group `engine`).
+mod actions;
 mod apply;
 pub mod infra_smoke;
 mod remote;

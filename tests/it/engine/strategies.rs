@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::models::{EventMessage, ExecConfig};
+use bollard::models::EventMessage;
 use bollard::query_parameters::{EventsOptionsBuilder, InspectContainerOptions};
 use bollard::Docker;
 use futures::StreamExt;
 use serde_json::json;
 
 use crate::support::agent::{eventually, Agent, AgentOpts};
-use crate::support::infra::{docker, empty_engine, infra, Infra};
+use crate::support::infra::{docker, empty_engine, exec, infra, Infra};
 
 const APP: &str = "strategy-app";
 
@@ -44,30 +44,6 @@ fn done(agent: &Agent) {
         (agent.get("/v3/status").json()["status"] == "done").then_some(())
     });
     assert!(ok.is_some(), "not done: {}", agent.get("/v3/status").body);
-}
-
-async fn exec(d: &Docker, container: &str, cmd: &[&str]) -> String {
-    let exec = d
-        .create_exec(
-            container,
-            ExecConfig {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut out = String::new();
-    if let bollard::exec::StartExecResults::Attached { mut output, .. } =
-        d.start_exec(&exec.id, None).await.unwrap()
-    {
-        while let Some(Ok(chunk)) = output.next().await {
-            out.push_str(&chunk.to_string());
-        }
-    }
-    out
 }
 
 /// Engine events between two unix times, as "type action name" strings.

@@ -237,3 +237,29 @@ async fn engine_is_empty(docker: &Docker) -> bool {
         && volumes.volumes.unwrap_or_default().is_empty()
         && images.is_empty()
 }
+
+/// Runs `cmd` in a running container and returns what it printed (stdout and stderr).
+pub async fn exec(d: &Docker, container: &str, cmd: &[&str]) -> String {
+    use futures::StreamExt;
+    let exec = d
+        .create_exec(
+            container,
+            bollard::models::ExecConfig {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec in {container}: {e}"));
+    let mut out = String::new();
+    if let bollard::exec::StartExecResults::Attached { mut output, .. } =
+        d.start_exec(&exec.id, None).await.expect("exec starts")
+    {
+        while let Some(Ok(chunk)) = output.next().await {
+            out.push_str(&chunk.to_string());
+        }
+    }
+    out
+}

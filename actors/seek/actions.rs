@@ -1,0 +1,105 @@
+//! Device API actions on an app or one service (spec/device-api.md §4): restart, purge, stop,
+//! start. They act on the engine directly, holding the app's update lock (423 when a user
+//! holds it, unless `force`); SeekActor then seeks the target again, which re-creates what an
+//! action removed.
+use log::info;
+
+use super::messages::{Action, ActionDone, ActionError, RunAction};
+use crate::model::device::{container_name, scoped_name, App, Device};
+use crate::ports::engine::Engine;
+use crate::ports::locks::{LockError, Locks};
+
+fn failed(e: impl std::fmt::Display) -> ActionError {
+    ActionError::Failed(e.to_string())
+}
+
+fn lock(locks: &Locks, app: &str, force: bool) -> Result<(), ActionError> {
+    locks.take(app, force).map_err(|e| match e {
+        LockError::Locked { .. } => ActionError::Locked(e.to_string()),
+        other => failed(other),
+    })
+}
+
+/// Containers of the app as (service, container name, container id).
+fn containers(app: &App) -> Vec<(String, String, String)> {
+    app.releases
+        .iter()
+        .flat_map(|(rel, r)| {
+            r.services.iter().map(move |(svc, s)| {
+                (
+                    svc.clone(),
+                    container_name(svc, rel),
+                    s.container
+                        .as_ref()
+                        .map(|c| c.id.clone())
+                        .unwrap_or_default(),
+                )
+            })
+        })
+        .collect()
+}
+
+pub async fn run(
+    engine: &Engine,
+    locks: &Locks,
+    model: &Device,
+    msg: &RunAction,
+) -> Result<ActionDone, ActionError> {
+    let app = model.apps.get(&msg.app_uuid).ok_or_else(|| {
+        ActionError::NotFound(format!("app {} is not on the device", msg.app_uuid))
+    })?;
+    let all = containers(app);
+    let one = |svc: &str| {
+        all.iter()
+            .find(|(s, _, _)| s == svc)
+            .cloned()
+            .ok_or_else(|| {
+                ActionError::NotFound(
+                    "Service not found, a container must exist for this endpoint to work".into(),
+                )
+            })
+    };
+    info!(app:% = msg.app_uuid, action:? = msg.action, force = msg.force, decision = "act",
+        reason = "device API request"; "Running a device API action");
+    match &msg.action {
+        Action::RestartApp | Action::PurgeApp => {
+            lock(locks, &msg.app_uuid, msg.force)?;
+            for (_, name, _) in &all {
+                engine.remove_container(name).await.map_err(failed)?;
+            }
+            if msg.action == Action::PurgeApp {
+                for vol in app.volumes.keys() {
+                    engine
+                        .remove_volume(&scoped_name(vol, &msg.app_uuid))
+                        .await
+                        .map_err(failed)?;
+                }
+                info!(app:% = msg.app_uuid, volumes = app.volumes.len(), decision = "purge"; "Purged data");
+            }
+            Ok(ActionDone::default())
+        }
+        Action::RestartService(svc) => {
+            let (_, name, id) = one(svc)?;
+            lock(locks, &msg.app_uuid, msg.force)?;
+            engine.remove_container(&name).await.map_err(failed)?;
+            Ok(ActionDone {
+                container_id: Some(id),
+            })
+        }
+        Action::StopService(svc) => {
+            let (_, name, id) = one(svc)?;
+            lock(locks, &msg.app_uuid, msg.force)?;
+            engine.stop(&name, 10).await.map_err(failed)?;
+            Ok(ActionDone {
+                container_id: Some(id),
+            })
+        }
+        Action::StartService(svc) => {
+            let (_, name, id) = one(svc)?;
+            engine.start(&name).await.map_err(failed)?;
+            Ok(ActionDone {
+                container_id: Some(id),
+            })
+        }
+    }
+}
