@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use helios_actors::bus::RemoteBus;
 use helios_actors::bus::{CapsBus, StateBus, TargetBus};
-use helios_actors::host::HostActor;
+use helios_actors::host::{HostActor, HostDeps};
 use helios_actors::model::RemoteInfo;
 use helios_actors::model::{
     Capabilities, CurrentState, DeviceState, LegacyCapability, RemoteCapability, UpdateStatus,
@@ -106,6 +106,7 @@ pub async fn run(
     let restarts = |actor| Restarts::new(actor, config.supervision.clone(), fatal_tx.clone());
 
     // Keep the addresses: a Supervisor restarts its actor only while an address is alive.
+    let locks = Arc::new(Locks::new(&config.host.runtime_dir));
     let seek = {
         let deps = SeekDeps {
             settings: config.seek.clone(),
@@ -113,7 +114,7 @@ pub async fn run(
             device_uuid: config.uuid.clone(),
             host_os: config.host.os_version.clone(),
             host_runtime_dir: config.host.host_runtime_dir.clone(),
-            locks: Arc::new(Locks::new(&config.host.runtime_dir)),
+            locks: locks.clone(),
             store: store.clone(),
             targets: targets.clone(),
             state: state.clone(),
@@ -211,8 +212,14 @@ pub async fn run(
         Supervisor::start(move |_| ProxyActor::new(legacy, r))
     };
     let host = {
-        let (h, c, r) = (config.host.clone(), caps.clone(), restarts("host"));
-        Supervisor::start(move |_| HostActor::new(h, c, r))
+        let deps = HostDeps {
+            caps: caps.clone(),
+            state: state.clone(),
+            locks: locks.clone(),
+            store: store.clone(),
+        };
+        let (h, r) = (config.host.clone(), restarts("host"));
+        Supervisor::start(move |_| HostActor::new(h, deps, r))
     };
     let api_state = ApiState {
         targets,
@@ -221,6 +228,7 @@ pub async fn run(
         seek_plan: seek.clone().recipient(),
         seek_reapply: seek.clone().recipient(),
         seek_action: seek.clone().recipient(),
+        host_power: host.clone().recipient(),
         poll: remote_settings.is_some().then(|| poll.clone().recipient()),
         remote: remote_bus.clone(),
         keys,

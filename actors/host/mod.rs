@@ -1,15 +1,20 @@
 //! HostActor owns everything that touches the host OS over the system bus (zbus).
 //! Owns: the bus connection and the `bus` and `host_os` capabilities.
-//! Handles: nothing yet (reboot, shutdown and unit control arrive with the host issue).
+//! Handles: Power (reboot, power-off through logind, refused while update locks are held
+//! unless forced).
 //! Sends: capability changes on the CapsBus.
 //! Restart: reconnects to the bus after the restart backoff.
 use std::time::Duration;
 
-use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
+use std::sync::Arc;
+
+use actix::{ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use log::{info, warn};
 
-use crate::bus::CapsBus;
-use crate::ports::dbus::Bus;
+use crate::bus::{CapsBus, StateBus};
+use crate::ports::dbus::{Bus, PowerAction};
+use crate::ports::locks::Locks;
+use crate::ports::store::Store;
 use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
 
@@ -65,19 +70,48 @@ pub struct HostSettings {
 const PROBE_MIN: Duration = Duration::from_secs(1);
 const PROBE_MAX: Duration = Duration::from_secs(60);
 
+/// Everything HostActor needs besides its settings.
+#[derive(Clone)]
+pub struct HostDeps {
+    pub caps: CapsBus,
+    pub state: StateBus,
+    pub locks: Arc<Locks>,
+    pub store: Store,
+}
+
+/// Sent by the API (`POST /v1/reboot`, `POST /v1/shutdown`): take every app's update lock,
+/// answer, then (after the API replied and the store is flushed) ask logind.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), PowerError>")]
+pub struct Power {
+    pub action: PowerAction,
+    pub force: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PowerError {
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How long after answering the API the reboot or power-off is asked for.
+const POWER_DELAY: Duration = Duration::from_secs(1);
+
 pub struct HostActor {
     settings: HostSettings,
-    caps: CapsBus,
+    deps: HostDeps,
     restarts: Restarts,
     bus: Option<Bus>,
     probe_backoff: Duration,
 }
 
 impl HostActor {
-    pub fn new(settings: HostSettings, caps: CapsBus, restarts: Restarts) -> Self {
+    pub fn new(settings: HostSettings, deps: HostDeps, restarts: Restarts) -> Self {
         HostActor {
             settings,
-            caps,
+            deps,
             restarts,
             bus: None,
             probe_backoff: PROBE_MIN,
@@ -100,7 +134,7 @@ impl HostActor {
                 Ok((bus, info)) => {
                     act.bus = Some(bus);
                     let complete = info.login1 && info.systemd1 && info.hostname1;
-                    if act.caps.update(|c| c.bus = Some(info.clone())) {
+                    if act.deps.caps.update(|c| c.bus = Some(info.clone())) {
                         info!(capability = "dbus", address:% = info.address, login1 = info.login1,
                             systemd1 = info.systemd1, hostname1 = info.hostname1,
                             decision = "found"; "Capability found");
@@ -112,7 +146,7 @@ impl HostActor {
                 }
                 Err(e) => {
                     act.bus = None;
-                    if act.caps.update(|c| c.bus = None) || act.probe_backoff == PROBE_MIN {
+                    if act.deps.caps.update(|c| c.bus = None) || act.probe_backoff == PROBE_MIN {
                         warn!(capability = "dbus", address:% = act.settings.dbus_address,
                             error:% = ErrorChain(&e), decision = "missing"; "Capability missing");
                     }
@@ -146,6 +180,53 @@ impl Resumable for HostActor {
 }
 
 crate::supervised_actor!(HostActor);
+
+impl Handler<Power> for HostActor {
+    type Result = Result<(), PowerError>;
+
+    fn handle(&mut self, msg: Power, ctx: &mut Context<Self>) -> Self::Result {
+        let bus = match (&self.bus, self.deps.caps.get().bus) {
+            (Some(b), Some(info)) if info.login1 => b.clone(),
+            _ => {
+                warn!(action:? = msg.action, decision = "refuse",
+                    reason = "org.freedesktop.login1 is not on the system bus"; "Power action refused");
+                return Err(PowerError::Unavailable(
+                    "org.freedesktop.login1 is not available on the system bus".into(),
+                ));
+            }
+        };
+        // Every app on the device, as the legacy supervisor does.
+        let apps: Vec<String> = self.deps.state.get().model.apps.keys().cloned().collect();
+        for app in &apps {
+            if let Err(e) = self.deps.locks.take(app, msg.force) {
+                self.deps.locks.release_all();
+                warn!(action:? = msg.action, app:% = app, error:% = e, decision = "refuse",
+                    reason = "update locks held"; "Power action refused");
+                return Err(PowerError::Locked(e.to_string()));
+            }
+        }
+        info!(action:? = msg.action, force = msg.force, apps = apps.len(), delay_ms = POWER_DELAY.as_millis() as u64,
+            decision = "power", reason = "device API request"; "Power action accepted");
+        let store = self.deps.store.clone();
+        let locks = self.deps.locks.clone();
+        ctx.run_later(POWER_DELAY, move |act, ctx| {
+            if let Err(e) = store.flush() {
+                warn!(error:% = ErrorChain(&e), decision = "continue"; "Store flush before power action failed");
+            }
+            let action = msg.action;
+            ctx.spawn(async move { bus.power(action).await }.into_actor(act).map(move |res, _, _| {
+                match res {
+                    Ok(()) => info!(action:? = action, decision = "done"; "Power action requested from logind"),
+                    Err(e) => {
+                        locks.release_all();
+                        warn!(action:? = action, error:% = ErrorChain(&e), decision = "abort"; "Power action failed");
+                    }
+                }
+            }));
+        });
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {

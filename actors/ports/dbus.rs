@@ -65,3 +65,36 @@ impl Bus {
         })
     }
 }
+
+#[zbus::proxy(
+    interface = "org.freedesktop.login1.Manager",
+    default_service = "org.freedesktop.login1",
+    default_path = "/org/freedesktop/login1"
+)]
+trait Login1Manager {
+    fn reboot(&self, interactive: bool) -> zbus::Result<()>;
+    fn power_off(&self, interactive: bool) -> zbus::Result<()>;
+}
+
+/// What logind is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    Reboot,
+    PowerOff,
+}
+
+impl Bus {
+    /// `org.freedesktop.login1.Manager.Reboot` / `PowerOff`, non-interactive.
+    pub async fn power(&self, action: PowerAction) -> Result<(), BusError> {
+        let call = match action {
+            PowerAction::Reboot => "Reboot",
+            PowerAction::PowerOff => "PowerOff",
+        };
+        let err = |source| BusError::Call { call, source };
+        let m = Login1ManagerProxy::new(&self.conn).await.map_err(err)?;
+        match action {
+            PowerAction::Reboot => m.reboot(false).await.map_err(err),
+            PowerAction::PowerOff => m.power_off(false).await.map_err(err),
+        }
+    }
+}

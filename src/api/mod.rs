@@ -3,6 +3,7 @@
 pub mod actions;
 pub mod auth;
 pub mod error;
+pub mod host;
 pub mod v1;
 pub mod v2;
 pub mod v3;
@@ -40,6 +41,7 @@ pub struct ApiState {
     pub seek_plan: actix::Recipient<helios_actors::seek::PreviewPlan>,
     pub seek_reapply: actix::Recipient<helios_actors::seek::Reapply>,
     pub seek_action: actix::Recipient<helios_actors::seek::RunAction>,
+    pub host_power: actix::Recipient<helios_actors::host::Power>,
     /// Present when managed: `/v1/update` polls first.
     pub poll: Option<actix::Recipient<helios_actors::poll::TriggerPoll>>,
     pub remote: helios_actors::bus::RemoteBus,
@@ -61,6 +63,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v3/device/apps/{uuid}/plan", web::post().to(v3::plan_app))
         .route("/v1/update", web::post().to(v3::v1_update))
         .configure(actions::routes)
+        .configure(host::routes)
         .configure(v1::routes)
         .configure(v2::routes);
 }

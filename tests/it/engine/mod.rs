@@ -1,7 +1,9 @@
 //! Tests that drive the test engine (run one at a time: nextest test group `engine`).
 mod actions;
 mod apply;
+mod device_api;
 pub mod infra_smoke;
+mod power;
 mod remote;
 mod strategies;
 mod supervision;

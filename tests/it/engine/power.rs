@@ -1,0 +1,92 @@
+//! `/v1/reboot` and `/v1/shutdown` through a fake logind on the private bus: refused while a
+//! user holds an update lock, called exactly once after the answer when forced, and a clear
+//! error without logind.
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::agent::{eventually, Agent, AgentOpts};
+use crate::support::fake_login1::FakeLogin1;
+use crate::support::infra::{docker, empty_engine, exec, infra};
+
+#[tokio::test]
+async fn reboot_respects_locks_and_calls_logind_once_after_answering() {
+    let Some(infra) = infra("engine::power") else {
+        return;
+    };
+    let d = docker(infra).await;
+    empty_engine(&d).await;
+    let login1 = FakeLogin1::start(&infra.dbus_address);
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        AgentOpts::new(home.path())
+            .env("DOCKER_HOST", infra.docker_host.clone())
+            .env("DBUS_SYSTEM_BUS_ADDRESS", infra.dbus_address.clone()),
+    );
+    let found = eventually(Duration::from_secs(20), || {
+        (agent.get("/v3/capabilities").json()["bus"]["login1"] == true).then_some(())
+    });
+    assert!(found.is_some(), "logind detected on the bus");
+
+    let app = json!({"id": 9, "name": "power", "releases": {"r1": {"services": {"main": {
+        "id": 1, "image": infra.image_a, "composition": {"command": "sleep infinity"}}}}}});
+    assert_eq!(
+        agent
+            .post_json("/v3/device/apps/power-app", &app.to_string())
+            .status,
+        202
+    );
+    let done = eventually(Duration::from_secs(60), || {
+        (agent.get("/v3/status").json()["status"] == "done").then_some(())
+    });
+    assert!(done.is_some());
+
+    // A user lock refuses the reboot; logind is not called.
+    exec(&d, "main_r1", &["touch", "/tmp/balena/updates.lock"]).await;
+    let r = agent.post_json("/v1/reboot", "{}");
+    assert_eq!(r.status, 423, "{}", r.body);
+    assert_eq!(r.json()["Data"], "");
+    assert!(
+        r.json()["Error"]
+            .as_str()
+            .is_some_and(|e| e.contains("locked")),
+        "{}",
+        r.body
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(login1.calls().is_empty(), "no reboot while locked");
+
+    // Forced: 202 first, then exactly one Reboot.
+    let r = agent.post_json("/v1/reboot", r#"{"force": true}"#);
+    let answered = Instant::now();
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json(), json!({"Data": "OK", "Error": null}));
+    let called = eventually(Duration::from_secs(10), || {
+        let c = login1.calls();
+        (!c.is_empty()).then_some(c)
+    })
+    .expect("logind Reboot called");
+    std::thread::sleep(Duration::from_secs(1));
+    let calls = login1.calls();
+    assert_eq!(calls.len(), 1, "exactly once: {calls:?}");
+    assert_eq!(calls[0].0, "Reboot");
+    assert!(called[0].1 >= answered, "called after the API answered");
+    drop(agent);
+    empty_engine(&d).await;
+}
+
+#[test]
+fn without_logind_power_actions_fail_clearly() {
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(AgentOpts::new(home.path()));
+    let r = agent.post_json("/v1/shutdown", "{}");
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.json()["Error"]
+            .as_str()
+            .is_some_and(|e| e.contains("login1")),
+        "{}",
+        r.body
+    );
+    assert_eq!(agent.get("/ping").status, 200, "nothing else is affected");
+}
