@@ -95,11 +95,13 @@ const KEEP_RESPONSE_HEAD: usize = 1024;
 struct Args {
     seconds: u64,
     binary: PathBuf,
+    show_wire: bool,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cloud_traffic [--seconds N] [--binary PATH | PATH]");
+    eprintln!("usage: cloud_traffic [--seconds N] [--show-wire] [--binary PATH | PATH]");
     eprintln!("  --seconds N     length of the run (default 60, at least 10)");
+    eprintln!("  --show-wire     also print the first poll, 304 and report exchanges as sent");
     eprintln!("  --binary PATH   the helios binary to measure (default target/release/helios)");
     std::process::exit(2)
 }
@@ -107,6 +109,7 @@ fn usage() -> ! {
 fn parse_args() -> Args {
     let mut seconds = 60;
     let mut binary = None;
+    let mut show_wire = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -117,6 +120,7 @@ fn parse_args() -> Args {
                 }
             }
             "--binary" => binary = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
+            "--show-wire" => show_wire = true,
             "-h" | "--help" => usage(),
             s if s.starts_with('-') => usage(),
             s => binary = Some(PathBuf::from(s)),
@@ -124,7 +128,11 @@ fn parse_args() -> Args {
     }
     let binary = binary
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/helios"));
-    Args { seconds, binary }
+    Args {
+        seconds,
+        binary,
+        show_wire,
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -134,7 +142,6 @@ fn parse_args() -> Args {
 /// One request and its answer on a connection, as bytes on the wire.
 #[derive(Debug, Clone)]
 struct Exchange {
-    conn: usize,
     at: Instant,
     /// The request as sent (up to KEEP_REQUEST bytes).
     request: Vec<u8>,
@@ -216,7 +223,6 @@ impl Wire {
         };
         if fresh {
             self.exchanges.push(Exchange {
-                conn,
                 at: Instant::now(),
                 request: Vec::new(),
                 up: 0,

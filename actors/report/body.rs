@@ -37,6 +37,11 @@ pub fn device_fields(f: &DeviceFields, facts: &HostFacts) -> Map<String, Value> 
     m
 }
 
+/// `api_secret`: the device API's global key, `null` when there is none (spec §2.1).
+pub fn api_secret(global: Option<crate::Secret>) -> Value {
+    global.map_or(Value::Null, |k| json!(k.expose()))
+}
+
 fn container_status(s: &Service) -> &'static str {
     match s.container.as_ref().map(|c| c.status.as_str()) {
         Some("running") => "Running",

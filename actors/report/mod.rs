@@ -41,6 +41,8 @@ pub struct ReportDeps {
     pub state: StateBus,
     pub remote_bus: RemoteBus,
     pub store: Store,
+    /// The device API keys: the global key is reported as `api_secret` (spec §2.1).
+    pub keys: crate::ports::apikeys::ApiKeys,
 }
 
 pub struct ReportActor {
@@ -91,6 +93,10 @@ impl ReportActor {
             None => Default::default(),
         };
         let mut m = body::device_fields(&self.deps.fields, &facts);
+        m.insert(
+            "api_secret".into(),
+            body::api_secret(self.deps.keys.global()),
+        );
         let last = self.last.as_ref();
         for (k, v) in metrics.to_json() {
             let smoothed = crate::ports::sysinfo::smooth(&k, last.and_then(|l| l.get(&k)), &v);
@@ -211,6 +217,7 @@ impl Resumable for ReportActor {
         self.timer = None;
         ctx.add_stream(WatchStream::new(self.deps.state.subscribe()));
         ctx.add_stream(WatchStream::new(self.deps.remote_bus.subscribe()));
+        ctx.add_stream(WatchStream::new(self.deps.keys.subscribe_global()));
         ctx.run_interval(METRICS_EVERY, |a, ctx| a.report(ctx));
         info!(actor = "report", endpoint:% = r.endpoint, resumed = self.last.is_some(),
             decision = "report", reason = "start"; "Reporting to the remote");
@@ -229,6 +236,15 @@ impl StreamHandler<std::sync::Arc<crate::model::CurrentState>> for ReportActor {
 
 impl StreamHandler<crate::model::RemoteInfo> for ReportActor {
     fn handle(&mut self, _: crate::model::RemoteInfo, ctx: &mut Context<Self>) {
+        self.report(ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+/// A regenerated global key is reported right away (spec §2.1 `api_secret`).
+impl StreamHandler<Option<crate::Secret>> for ReportActor {
+    fn handle(&mut self, _: Option<crate::Secret>, ctx: &mut Context<Self>) {
         self.report(ctx);
     }
 
