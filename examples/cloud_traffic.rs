@@ -782,10 +782,10 @@ fn main() {
     println!("  idle from the first 304 at {idle_from:.1} s: {idle_secs:.1} s of idle");
     println!();
 
-    let first_full = fulls.first();
+    let first_full = fulls.first().copied();
     if let Some(f) = first_full {
         println!(
-            "first poll (200, the target of {} B): {} up, {} down   (one-time)",
+            "first poll (200 with the {} B target): {} up, {} down   (once per start)",
             api.target.len(),
             human(f.up as f64),
             human(f.down as f64)
@@ -800,10 +800,9 @@ fn main() {
         human(poll_down),
         human(poll_up + poll_down)
     );
-
     for (i, (_, r)) in reports.iter().enumerate() {
         let phase = if i == 0 {
-            "first"
+            "first, once per start"
         } else if r.at < idle_from {
             "start-up"
         } else if r.metrics_only {
@@ -812,18 +811,33 @@ fn main() {
             "idle, NOT metrics only"
         };
         println!(
-            "report {} at {:.1} s ({phase}, status {}): {} up, {} down; fields {}",
+            "report {} at {:.1} s ({phase}, status {}): {} up, {} down",
             i + 1,
             r.at,
             r.status.map_or("none".into(), |s| s.to_string()),
             human(r.up as f64),
             human(r.down as f64),
+        );
+        println!(
+            "  fields: {}",
             if r.keys.is_empty() {
                 "none".to_string()
             } else {
-                r.keys.join(",")
+                r.keys.join(", ")
             }
         );
+    }
+    if args.show_wire {
+        let first_report = reports.first().map(|(e, _)| *e);
+        for (title, e) in [
+            ("first poll", first_full),
+            ("a 304 poll", not_modified.first().copied()),
+            ("first report", first_report),
+        ] {
+            if let Some(e) = e {
+                show_exchange(title, e);
+            }
+        }
     }
     println!();
 
@@ -837,48 +851,27 @@ fn main() {
         .map(|(_, r)| r)
         .filter(|r| r.at >= idle_from)
         .collect();
-    let metric: Vec<&SeenReport> = idle_reports
-        .iter()
-        .copied()
-        .filter(|r| r.metrics_only)
-        .collect();
-    let other: Vec<&SeenReport> = idle_reports
-        .iter()
-        .copied()
-        .filter(|r| !r.metrics_only)
-        .collect();
+    let (metric, other): (Vec<&SeenReport>, Vec<&SeenReport>) =
+        idle_reports.iter().copied().partition(|r| r.metrics_only);
     let report_down = mean(&reports.iter().map(|(_, r)| r.down).collect::<Vec<_>>());
     let bound_per_hour = 3600.0 / METRICS_EVERY_S;
-    let (metric_per_hour, rate_basis) = if idle_secs >= 2.0 * METRICS_EVERY_S {
-        (
-            (metric.len() as f64 * 3600.0 / idle_secs).min(bound_per_hour),
-            format!(
-                "observed: {} metric-only reports in {idle_secs:.0} s of idle",
-                metric.len()
-            ),
-        )
+    let observed = idle_secs >= 2.0 * METRICS_EVERY_S;
+    let metric_per_hour = if observed {
+        (metric.len() as f64 * 3600.0 / idle_secs).min(bound_per_hour)
     } else {
-        (
-            bound_per_hour,
-            format!(
-                "upper bound 3600 s / {METRICS_EVERY_S:.0} s: the run's {idle_secs:.0} s of idle \
-                 is too short to show how many 300 s chances find a significant metric change \
-                 ({} metric-only reports seen after the first report)",
-                metric.len()
-            ),
-        )
+        bound_per_hour
     };
-    let (metric_up, metric_size_basis) = if !metric.is_empty() {
+    let (metric_up, metric_up_basis) = if !metric.is_empty() {
         (
             mean(&metric.iter().map(|r| r.up).collect::<Vec<_>>()),
-            format!("mean of {} observed", metric.len()),
+            format!("mean of the {} seen", metric.len()),
         )
     } else if let Some((bytes, keys)) = reports.first().and_then(|(e, _)| metric_only_estimate(e)) {
         (
             bytes as f64,
             format!(
-                "estimate: the first report's request cut to its {} metric fields \
-                 (an upper bound: a real one carries only the changed ones)",
+                "estimated: the first report's request cut to its {} metric fields; an upper \
+                 bound, a real one carries only the metrics that changed",
                 keys.len()
             ),
         )
@@ -898,72 +891,89 @@ fn main() {
     let other_up = mean(&other.iter().map(|r| r.up).collect::<Vec<_>>());
     let other_down = mean(&other.iter().map(|r| r.down).collect::<Vec<_>>());
 
-    let hour_poll_up = polls_per_hour * poll_up;
-    let hour_poll_down = polls_per_hour * poll_down;
-    let hour_rep_up = metric_per_hour * metric_up + other_per_hour * other_up;
-    let hour_rep_down = metric_per_hour * metric_down + other_per_hour * other_down;
-    let hour_up = hour_poll_up + hour_rep_up;
-    let hour_down = hour_poll_down + hour_rep_down;
+    let hour_poll = (polls_per_hour * poll_up, polls_per_hour * poll_down);
+    let hour_rep = (
+        metric_per_hour * metric_up + other_per_hour * other_up,
+        metric_per_hour * metric_down + other_per_hour * other_down,
+    );
+    let hour_all = (hour_poll.0 + hour_rep.0, hour_poll.1 + hour_rep.1);
 
     println!("scaled to the default intervals (an idle device, after start-up):");
     println!(
-        "  polls: every {DEFAULT_POLL_S:.0} s + mean jitter {:.0} s (uniform 0..={DEFAULT_MAX_JITTER_S:.0} s) \
-         = {polls_per_hour:.2}/hour, all 304",
+        "  polls    every {DEFAULT_POLL_S:.0} s + a jitter of 0..={DEFAULT_MAX_JITTER_S:.0} s (mean \
+         {:.0} s): 3600 / {poll_period:.0} = {polls_per_hour:.2} polls/hour,",
         DEFAULT_MAX_JITTER_S / 2.0
     );
     println!(
-        "  metric-only reports: {metric_per_hour:.2}/hour ({rate_basis}); size {} up, {} down ({metric_size_basis})",
-        human(metric_up),
+        "           each answered 304: {} up, {} down (measured)",
+        human(poll_up),
+        human(poll_down)
+    );
+    println!(
+        "  reports  metric changes only, at most one per {METRICS_EVERY_S:.0} s: {metric_per_hour:.2} \
+         reports/hour"
+    );
+    if observed {
+        println!(
+            "           (observed: {} metric-only reports in the run's {idle_secs:.0} s of idle; \
+             the bound is {bound_per_hour:.0}/hour)",
+            metric.len()
+        );
+    } else {
+        println!(
+            "           (the bound 3600 / {METRICS_EVERY_S:.0}: the run's {idle_secs:.0} s of idle \
+             cannot show how many of those chances"
+        );
+        println!(
+            "           find a significant metric change; {} metric-only reports seen after the \
+             first; run >= {:.0} s to observe)",
+            metric.len(),
+            2.0 * METRICS_EVERY_S + idle_from
+        );
+    }
+    println!(
+        "           each {} up ({metric_up_basis}),",
+        human(metric_up)
+    );
+    println!(
+        "           {} down (measured answer to a PATCH)",
         human(metric_down)
     );
     if !other.is_empty() {
+        let fields: std::collections::BTreeSet<&String> =
+            other.iter().flat_map(|r| r.keys.iter()).collect();
         println!(
-            "  WARNING: {} non-metric reports while idle (fields {}): scaled by time to {other_per_hour:.1}/hour \
-             of {} up, {} down; an idle device should send none",
+            "  WARNING  {} reports with non-metric fields while idle ({}): an idle device should \
+             send none;",
             other.len(),
-            other
-                .iter()
-                .flat_map(|r| r.keys.iter().cloned())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>()
-                .join(","),
+            fields.into_iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        println!(
+            "           scaled by time: {other_per_hour:.1}/hour of {} up, {} down, included below",
             human(other_up),
             human(other_down)
         );
     }
     println!();
+    let kib = |b: f64| format!("{:.1} KiB", b / 1024.0);
+    let bytes = |b: f64| format!("{b:.0} B");
     println!(
-        "  {:<22} {:>16} {:>16} {:>16}",
-        "per idle hour", "up", "down", "total"
+        "  {:<14} {:>12} {:>12} {:>12}   {:>12} {:>12} {:>12}",
+        "", "hour up", "hour down", "hour total", "day up", "day down", "day total"
     );
-    let row = |name: &str, up: f64, down: f64| {
-        println!(
-            "  {name:<22} {:>16} {:>16} {:>16}",
-            format!("{up:.0} B"),
-            format!("{down:.0} B"),
-            format!("{:.0} B", up + down)
-        );
-    };
-    row("polls", hour_poll_up, hour_poll_down);
-    row("reports", hour_rep_up, hour_rep_down);
-    row("all", hour_up, hour_down);
-    println!();
-    println!(
-        "  {:<22} {:>16} {:>16} {:>16}",
-        "per idle day", "up", "down", "total"
-    );
-    let day = |b: f64| format!("{:.1} KiB", b * 24.0 / 1024.0);
-    for (name, up, down) in [
-        ("polls", hour_poll_up, hour_poll_down),
-        ("reports", hour_rep_up, hour_rep_down),
-        ("all", hour_up, hour_down),
+    for (name, (up, down)) in [
+        ("polls", hour_poll),
+        ("reports", hour_rep),
+        ("all", hour_all),
     ] {
         println!(
-            "  {name:<22} {:>16} {:>16} {:>16}",
-            day(up),
-            day(down),
-            day(up + down)
+            "  {name:<14} {:>12} {:>12} {:>12}   {:>12} {:>12} {:>12}",
+            bytes(up),
+            bytes(down),
+            bytes(up + down),
+            kib(24.0 * up),
+            kib(24.0 * down),
+            kib(24.0 * (up + down))
         );
     }
     println!();
@@ -977,12 +987,36 @@ fn main() {
     let startup_down =
         first_full.map_or(0, |e| e.down) + startup.iter().map(|r| r.down).sum::<u64>();
     println!(
-        "  not included, once per start: first poll and start-up reports, {} up, {} down",
+        "  once per start, not in the table: the first poll and {} start-up report(s), {} up, {} down",
+        startup.len(),
         human(startup_up as f64),
         human(startup_down as f64)
     );
     println!(
-        "  not measured: TLS (framing, and a handshake per request at these intervals: awc keeps \
-         idle connections 15 s), TCP/IP headers, DNS, the real API's extra response headers"
+        "  not measured: TLS (record framing, and a handshake per request at these intervals,"
     );
+    println!("  as awc closes connections idle for 15 s), TCP/IP headers, DNS, the real API's own");
+    println!("  response headers and compression");
+}
+
+/// Prints an exchange as it went over the wire (bodies cut).
+fn show_exchange(title: &str, e: &Exchange) {
+    let cut = |b: &[u8], n: usize| {
+        let s = String::from_utf8_lossy(&b[..b.len().min(n)]).into_owned();
+        let more = if b.len() > n { " …" } else { "" };
+        format!("{s}{more}")
+    };
+    println!();
+    println!("--- {title}: {} B up ---", e.up);
+    for line in cut(&e.request, 2000).split("\r\n") {
+        println!("> {line}");
+    }
+    println!(
+        "--- {} B down (first {} B) ---",
+        e.down,
+        e.response_head.len()
+    );
+    for line in cut(&e.response_head, 600).split("\r\n") {
+        println!("< {line}");
+    }
 }

@@ -201,7 +201,8 @@ pub async fn run(
             state: state.clone(),
             remote_bus: remote_bus.clone(),
             store: store.clone(),
-            keys: keys.clone(),
+            // In front of a legacy supervisor, its key stays the one the cloud uses.
+            keys: config.legacy.is_none().then(|| keys.clone()),
         };
         let r = restarts("report");
         Supervisor::start(move |_| ReportActor::new(deps, r))
@@ -229,6 +230,7 @@ pub async fn run(
         seek_reapply: seek.clone().recipient(),
         seek_action: seek.clone().recipient(),
         host_power: host.clone().recipient(),
+        seek_cleanup: seek.clone().recipient(),
         poll: remote_settings.is_some().then(|| poll.clone().recipient()),
         remote: remote_bus.clone(),
         keys,

@@ -41,8 +41,9 @@ pub struct ReportDeps {
     pub state: StateBus,
     pub remote_bus: RemoteBus,
     pub store: Store,
-    /// The device API keys: the global key is reported as `api_secret` (spec §2.1).
-    pub keys: crate::ports::apikeys::ApiKeys,
+    /// The device API keys: the global key is reported as `api_secret` (spec §2.1). None in
+    /// front of a legacy supervisor: the cloud keeps calling it with its own key.
+    pub keys: Option<crate::ports::apikeys::ApiKeys>,
 }
 
 pub struct ReportActor {
@@ -93,10 +94,9 @@ impl ReportActor {
             None => Default::default(),
         };
         let mut m = body::device_fields(&self.deps.fields, &facts);
-        m.insert(
-            "api_secret".into(),
-            body::api_secret(self.deps.keys.global()),
-        );
+        if let Some(keys) = &self.deps.keys {
+            m.insert("api_secret".into(), body::api_secret(keys.global()));
+        }
         let last = self.last.as_ref();
         for (k, v) in metrics.to_json() {
             let smoothed = crate::ports::sysinfo::smooth(&k, last.and_then(|l| l.get(&k)), &v);
@@ -217,7 +217,9 @@ impl Resumable for ReportActor {
         self.timer = None;
         ctx.add_stream(WatchStream::new(self.deps.state.subscribe()));
         ctx.add_stream(WatchStream::new(self.deps.remote_bus.subscribe()));
-        ctx.add_stream(WatchStream::new(self.deps.keys.subscribe_global()));
+        if let Some(keys) = &self.deps.keys {
+            ctx.add_stream(WatchStream::new(keys.subscribe_global()));
+        }
         ctx.run_interval(METRICS_EVERY, |a, ctx| a.report(ctx));
         info!(actor = "report", endpoint:% = r.endpoint, resumed = self.last.is_some(),
             decision = "report", reason = "start"; "Reporting to the remote");

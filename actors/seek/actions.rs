@@ -103,3 +103,39 @@ pub async fn run(
         }
     }
 }
+
+/// Removes supervised volumes that no container mounts and the target does not declare.
+/// Unlike the legacy supervisor, volumes helios did not create are never touched.
+pub async fn cleanup_volumes(
+    engine: &Engine,
+    target: Option<&crate::model::device::DeviceTarget>,
+    apps: Option<&[String]>,
+) -> Result<usize, ActionError> {
+    let objs = engine.read_objects().await.map_err(failed)?;
+    let mounted: std::collections::BTreeSet<String> = objs
+        .containers
+        .iter()
+        .flat_map(|c| c.mounts.clone().unwrap_or_default())
+        .filter_map(|m| m.name)
+        .collect();
+    let mut removed = 0;
+    for v in &objs.volumes {
+        let Some((app, name, _)) = crate::ports::oci::read_volume(v) else {
+            continue;
+        };
+        if apps.is_some_and(|a| !a.contains(&app)) {
+            continue;
+        }
+        let kept = target
+            .and_then(|t| t.apps.get(&app))
+            .is_some_and(|a| a.volumes.contains_key(&name));
+        let engine_name = scoped_name(&name, &app);
+        if kept || mounted.contains(&engine_name) {
+            continue;
+        }
+        engine.remove_volume(&engine_name).await.map_err(failed)?;
+        info!(app:% = app, object:% = engine_name, decision = "remove", reason = "unused volume cleanup"; "Volume removed");
+        removed += 1;
+    }
+    Ok(removed)
+}

@@ -109,3 +109,12 @@ pub enum ActionError {
     #[error("{0}")]
     Failed(String),
 }
+
+/// Sent by the API (`GET /v2/cleanup-volumes`): remove helios' volumes that no container mounts
+/// and that the target does not keep. Answers how many were removed.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, ActionError>")]
+pub struct CleanupVolumes {
+    /// Only volumes of these apps (the caller's scope); None = every app.
+    pub apps: Option<Vec<String>>,
+}

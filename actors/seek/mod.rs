@@ -36,7 +36,8 @@ use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
 
 pub use messages::{
-    Action, ActionDone, ActionError, MarkRejected, PlanError, PreviewPlan, Reapply, RunAction,
+    Action, ActionDone, ActionError, CleanupVolumes, MarkRejected, PlanError, PreviewPlan, Reapply,
+    RunAction,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -380,14 +381,15 @@ async fn apply(
         Ok(d) => d,
         Err(e) => return Outcome::Failed(format!("reading the engine: {}", ErrorChain(&e))),
     };
-    let target = current::prepare_target(target, &current);
+    // The planner's target adds the images and the kept volumes; readers see the target itself.
+    let prepared = current::prepare_target(target.clone(), &current);
     let mut worker = template;
     worker.use_resource(plan::Effects {
         engine: engine.clone(),
         store: deps.store.clone(),
         locks: deps.locks.clone(),
         device_uuid: deps.device_uuid.clone(),
-        device_name: target.name.clone(),
+        device_name: prepared.name.clone(),
         host_os: deps.host_os.clone(),
         host_runtime_dir: deps.host_runtime_dir.clone(),
         supervisor_api: deps.supervisor_api.clone(),
@@ -398,7 +400,7 @@ async fn apply(
         Err(e) => return Outcome::Failed(format!("model: {e}")),
     };
     let plan_started = Instant::now();
-    let workflow = match worker.find_workflow(&target) {
+    let workflow = match worker.find_workflow(&prepared) {
         Ok(Some(wf)) => wf,
         Ok(None) => {
             warn!(seq = req.seq, decision = "abort", reason = "no sequence of steps reaches the target";
@@ -568,6 +570,23 @@ impl Handler<RunAction> for SeekActor {
             }
             res
         })))
+    }
+}
+
+impl Handler<CleanupVolumes> for SeekActor {
+    type Result = actix::ResponseActFuture<Self, Result<usize, ActionError>>;
+
+    fn handle(&mut self, msg: CleanupVolumes, _ctx: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine.clone();
+        let target = self.deps.state.get().target.clone();
+        Box::pin(
+            async move {
+                let engine = engine
+                    .ok_or_else(|| ActionError::Failed("the engine is not reachable".into()))?;
+                actions::cleanup_volumes(&engine, target.as_ref(), msg.apps.as_deref()).await
+            }
+            .into_actor(self),
+        )
     }
 }
 

@@ -42,6 +42,7 @@ pub struct ApiState {
     pub seek_reapply: actix::Recipient<helios_actors::seek::Reapply>,
     pub seek_action: actix::Recipient<helios_actors::seek::RunAction>,
     pub host_power: actix::Recipient<helios_actors::host::Power>,
+    pub seek_cleanup: actix::Recipient<helios_actors::seek::CleanupVolumes>,
     /// Present when managed: `/v1/update` polls first.
     pub poll: Option<actix::Recipient<helios_actors::poll::TriggerPoll>>,
     pub remote: helios_actors::bus::RemoteBus,

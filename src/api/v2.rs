@@ -539,13 +539,35 @@ async fn vpn(_caller: Caller) -> HttpResponse {
     }))
 }
 
-/// `GET /v2/cleanup-volumes` → 503: removing volumes needs the engine, which only SeekActor
-/// holds, and no message asks it to.
-async fn cleanup_volumes(_caller: Caller) -> Result<HttpResponse, ApiError> {
-    Err(failed(
-        503,
-        "Volume cleanup is not available: helios' device API cannot reach the engine",
-    ))
+/// `GET /v2/cleanup-volumes`: removes helios' volumes that no container mounts and the target
+/// does not keep (only of the apps in the caller's scope).
+async fn cleanup_volumes(
+    state: web::Data<ApiState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let apps = match caller.scope {
+        helios_actors::ports::apikeys::Scope::Global => None,
+        helios_actors::ports::apikeys::Scope::App(id) => Some(
+            state
+                .state
+                .get()
+                .model
+                .apps
+                .iter()
+                .filter(|(_, a)| a.id == id)
+                .map(|(u, _)| u.clone())
+                .collect(),
+        ),
+    };
+    let res = state
+        .seek_cleanup
+        .send(helios_actors::seek::CleanupVolumes { apps })
+        .await
+        .map_err(|_| failed(503, "the apply loop is not running"))?;
+    match res {
+        Ok(_) => Ok(HttpResponse::Ok().json(json!({"status": "success"}))),
+        Err(e) => Err(failed(503, e.to_string())),
+    }
 }
 
 /// `GET /v2/local/target-state` → the target in the legacy local shape (apps by numeric id).

@@ -264,3 +264,43 @@ fn a_managed_device_generates_reports_and_regenerates_its_key() {
     assert!(text.contains(&second) && !text.contains(&first), "{text}");
     assert_never_logged(&agent, &[&first, &second, "device-key-1"]);
 }
+
+#[test]
+fn in_front_of_a_legacy_supervisor_no_api_secret_is_reported() {
+    const UUID: &str = "auth-device-2";
+    let cloud = FakeCloud::start();
+    cloud.add_fleet(1, "p");
+    cloud.add_device(UUID, "device-key-2", 1);
+    cloud.set_target(
+        UUID,
+        serde_json::json!({"name": "auth-device", "config": {}, "apps": {}}),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        AgentOpts::new(home.path())
+            .arg("--uuid")
+            .arg(UUID)
+            .arg("--remote-api-endpoint")
+            .arg(cloud.url.clone())
+            .arg("--remote-api-key")
+            .arg("device-key-2")
+            .arg("--legacy-api-endpoint")
+            .arg("http://127.0.0.1:9")
+            .arg("--legacy-api-key")
+            .arg("legacykey"),
+    );
+    let first = eventually(Duration::from_secs(30), || {
+        cloud.reports().first().map(|r| r[UUID].clone())
+    })
+    .expect("a report");
+    assert!(first.get("status").is_some(), "{first}");
+    assert!(
+        cloud
+            .reports()
+            .iter()
+            .all(|r| r[UUID].get("api_secret").is_none()),
+        "the legacy supervisor's api_secret stays"
+    );
+    // Still managed: keys are required.
+    assert_eq!(status_with(&agent, "/v2/version", &[]), 401);
+}

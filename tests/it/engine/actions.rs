@@ -178,6 +178,47 @@ async fn service_and_app_actions_change_containers() {
     }
     assert!(emptied, "purge empties the volume");
 
+    assert_eq!(
+        post(&agent, "/v1/apps/5/stop", json!({})).0,
+        400,
+        "multi-container app"
+    );
+
+    // A volume the target no longer uses is kept, until /v2/cleanup-volumes removes it.
+    let no_volume = json!({"id": 5, "name": "actions", "releases": {"rel-2": {"services": {"web": {
+        "id": 51, "image": infra.image_a, "composition": {"command": "sleep infinity", "stop_grace_period": "1s"}}}}}});
+    assert_eq!(
+        agent
+            .post_json(&format!("/v3/device/apps/{APP}"), &no_volume.to_string())
+            .status,
+        202
+    );
+    done(&agent);
+    let vol = format!("data_{APP}");
+    assert!(
+        d.inspect_volume(&vol).await.is_ok(),
+        "volumes are kept while the app stays"
+    );
+    let r = agent.get("/v2/cleanup-volumes");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({"status": "success"}));
+    assert!(
+        d.inspect_volume(&vol).await.is_err(),
+        "the unused volume is removed"
+    );
+
+    // /v1/apps/:appId/stop|start on the now single-container app.
+    let (s, b) = post(&agent, "/v1/apps/5/stop", json!({}));
+    assert_eq!(s, 200, "{b}");
+    let web = id_of(&d, "web_rel-2").await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&b).unwrap()["containerId"],
+        json!(web)
+    );
+    assert_eq!(running(&d, "web_rel-2").await, Some(false));
+    assert_eq!(post(&agent, "/v1/apps/5/start", json!({})).0, 200);
+    assert_eq!(running(&d, "web_rel-2").await, Some(true));
+
     // Error codes.
     assert_eq!(post(&agent, "/v1/restart", json!({})).0, 400);
     assert_eq!(post(&agent, "/v1/restart", json!({"appId": 99})).0, 503);
@@ -202,11 +243,6 @@ async fn service_and_app_actions_change_containers() {
         )
         .0,
         404
-    );
-    assert_eq!(
-        post(&agent, "/v1/apps/5/stop", json!({})).0,
-        400,
-        "multi-container app"
     );
     let r = http(
         agent.addr,
