@@ -7,3 +7,4 @@ mod power;
 mod remote;
 mod strategies;
 mod supervision;
+mod supervisor_api;
