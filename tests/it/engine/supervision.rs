@@ -69,3 +69,44 @@ fn seek_restarts_on_engine_loss_and_recovers() {
     assert!(agent.get("/v3/capabilities").json()["engine"]["version"].is_string());
     assert_eq!(agent.get("/v3/status").status, 200);
 }
+
+/// Self-configuring: started before the engine exists, helios keeps its API up, takes a
+/// target, and converges as soon as the engine appears, without a restart.
+#[test]
+fn converges_once_an_engine_appears() {
+    let Some(infra) = infra("engine") else { return };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let d = rt.block_on(crate::support::infra::docker(infra));
+    rt.block_on(crate::support::infra::empty_engine(&d));
+    let home = tempfile::tempdir().unwrap();
+    let upstream = infra.docker_host.trim_start_matches("unix://").to_string();
+    let sock = home.path().join("engine.sock");
+    let agent = Agent::start(
+        AgentOpts::new(home.path()).env("DOCKER_HOST", format!("unix://{}", sock.display())),
+    );
+    assert!(agent.get("/v3/capabilities").json()["engine"].is_null());
+    let app = serde_json::json!({"id": 1, "name": "late", "releases": {"r1": {"services": {"main": {
+        "id": 1, "image": infra.image_a, "composition": {"command": "sleep infinity"}}}}}});
+    assert_eq!(
+        agent
+            .post_json("/v3/device/apps/late-app", &app.to_string())
+            .status,
+        202
+    );
+    assert_eq!(agent.get("/v3/status").json()["status"], "applying changes");
+
+    let _relay = Relay::start(&sock, upstream.as_ref());
+    let done = crate::support::agent::eventually(Duration::from_secs(90), || {
+        let dev = agent.get("/v3/device").json();
+        (agent.get("/v3/status").json()["status"] == "done"
+            && dev["apps"]["late-app"]["releases"]["r1"]["services"]["main"]["oci"]["status"]
+                == "running")
+            .then_some(())
+    });
+    assert!(done.is_some(), "converged once the engine appeared");
+    assert!(agent.get("/v3/capabilities").json()["engine"]["api_version"].is_string());
+    rt.block_on(crate::support::infra::empty_engine(&d));
+}
