@@ -400,7 +400,17 @@ async fn apply(
         Err(e) => return Outcome::Failed(format!("model: {e}")),
     };
     let plan_started = Instant::now();
-    let workflow = match worker.find_workflow(&prepared) {
+    // Planning is CPU work that grows with the device: keep it off the actors' thread.
+    let planned = tokio::task::spawn_blocking(move || {
+        let wf = worker.find_workflow(&prepared);
+        (worker, wf)
+    })
+    .await;
+    let (worker, found) = match planned {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(format!("planning task: {e}")),
+    };
+    let workflow = match found {
         Ok(Some(wf)) => wf,
         Ok(None) => {
             warn!(seq = req.seq, decision = "abort", reason = "no sequence of steps reaches the target";
@@ -607,6 +617,15 @@ impl Handler<PreviewPlan> for SeekActor {
     fn handle(&mut self, msg: PreviewPlan, _ctx: &mut Context<Self>) -> Self::Result {
         let template = self.template.clone();
         let current = self.deps.state.get().model.clone();
-        Box::pin(async move { messages::preview(template, current, msg.target) }.into_actor(self))
+        Box::pin(
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    messages::preview(template, current, msg.target)
+                })
+                .await
+                .map_err(|e| PlanError::Failed(format!("planning task: {e}")))?
+            }
+            .into_actor(self),
+        )
     }
 }
