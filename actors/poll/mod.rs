@@ -38,6 +38,19 @@ pub struct RemoteSettings {
     pub poll_max_jitter: Duration,
 }
 
+impl RemoteSettings {
+    /// The cloud client for this remote (built on the actor's thread: awc is `!Send`).
+    pub fn client(&self, extra_ca: Option<std::path::PathBuf>) -> Result<Cloud, CloudError> {
+        Cloud::new(&CloudSettings {
+            endpoint: self.endpoint.clone(),
+            request_timeout: self.request_timeout,
+            extra_ca,
+            // Never `Supervisor/`: the legacy proxy routes on that prefix.
+            user_agent: format!("helios/{}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+}
+
 impl std::fmt::Debug for RemoteSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteSettings")
@@ -419,13 +432,7 @@ impl Resumable for PollActor {
             info!(actor = "poll", decision = "idle", reason = "unmanaged: no remote configured"; "Poll idle");
             return;
         };
-        let settings = CloudSettings {
-            endpoint: r.endpoint.clone(),
-            request_timeout: r.request_timeout,
-            extra_ca: self.deps.extra_ca.clone(),
-            user_agent: format!("helios/{}", env!("CARGO_PKG_VERSION")),
-        };
-        match Cloud::new(&settings) {
+        match r.client(self.deps.extra_ca.clone()) {
             Ok(c) => self.cloud = Some(c),
             Err(e) => {
                 error!(actor = "poll", endpoint:% = r.endpoint, error:% = ErrorChain(&e), decision = "idle",

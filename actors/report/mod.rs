@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use tokio_stream::wrappers::WatchStream;
 
 use crate::bus::{RemoteBus, StateBus};
-use crate::ports::cloud::{Cloud, CloudSettings};
+use crate::ports::cloud::Cloud;
 use crate::ports::store::{Durability, Store};
 use crate::ports::sysinfo::{SysInfo, METRIC_KEYS};
 use crate::supervise::{Restarts, Resumable};
@@ -191,13 +191,7 @@ impl Resumable for ReportActor {
             info!(actor = "report", decision = "idle", reason = "unmanaged: no remote to report to"; "Report idle");
             return;
         };
-        let settings = CloudSettings {
-            endpoint: r.endpoint.clone(),
-            request_timeout: r.request_timeout,
-            extra_ca: self.deps.extra_ca.clone(),
-            user_agent: format!("helios/{}", env!("CARGO_PKG_VERSION")),
-        };
-        match Cloud::new(&settings) {
+        match r.client(self.deps.extra_ca.clone()) {
             Ok(c) => self.cloud = Some(c),
             Err(e) => {
                 warn!(actor = "report", error:% = ErrorChain(&e), decision = "idle",
