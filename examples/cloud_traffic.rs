@@ -38,8 +38,9 @@
 //! * reports: the first report after start (the full state) is a one-time cost, as are reports
 //!   that follow the target's arrival. Once idle (from the first 304 on), a device only reports
 //!   metric changes, at most once per 300 s (spec/state-report-v3.md §5.3): at most 12 per
-//!   hour. A run whose idle part covers at least 600 s shows how many of those chances were
-//!   taken and its observed rate is used; a shorter run uses the 12/hour bound. A metric-only
+//!   hour. The agent's metrics timer gives it one chance every 300 s from its start: a run of
+//!   at least 600 s (2 chances) shows what share of the chances were taken, and the 12/hour
+//!   bound is scaled by that share; a shorter run uses the bound itself. A metric-only
 //!   report's size is the mean of those observed, or else the first report's request with its
 //!   body cut to the metric fields (an upper bound: a real one carries only the metrics that
 //!   changed significantly). Non-metric reports during the idle part (none are expected) are
@@ -855,28 +856,33 @@ fn main() {
         idle_reports.iter().copied().partition(|r| r.metrics_only);
     let report_down = mean(&reports.iter().map(|(_, r)| r.down).collect::<Vec<_>>());
     let bound_per_hour = 3600.0 / METRICS_EVERY_S;
-    let observed = idle_secs >= 2.0 * METRICS_EVERY_S;
+    // The report actor's metrics timer fires every 300 s from the agent's start: the chances
+    // an idle device has to send a metric-only report.
+    let chances = (ran / METRICS_EVERY_S).floor();
+    let observed = chances >= 2.0;
     let metric_per_hour = if observed {
-        (metric.len() as f64 * 3600.0 / idle_secs).min(bound_per_hour)
+        bound_per_hour * (metric.len() as f64 / chances).min(1.0)
     } else {
         bound_per_hour
     };
     let (metric_up, metric_up_basis) = if !metric.is_empty() {
         (
             mean(&metric.iter().map(|r| r.up).collect::<Vec<_>>()),
-            format!("mean of the {} seen", metric.len()),
+            vec![format!("the mean of the {} seen", metric.len())],
         )
     } else if let Some((bytes, keys)) = reports.first().and_then(|(e, _)| metric_only_estimate(e)) {
         (
             bytes as f64,
-            format!(
-                "estimated: the first report's request cut to its {} metric fields; an upper \
-                 bound, a real one carries only the metrics that changed",
-                keys.len()
-            ),
+            vec![
+                format!(
+                    "the first report's request cut to its {} metric fields, an upper",
+                    keys.len()
+                ),
+                "bound: a real one carries only the metrics that changed".into(),
+            ],
         )
     } else {
-        (0.0, "no report seen to estimate from".into())
+        (0.0, vec!["no report seen to estimate from".into()])
     };
     let metric_down = if metric.is_empty() {
         report_down
@@ -915,30 +921,33 @@ fn main() {
     );
     if observed {
         println!(
-            "           (observed: {} metric-only reports in the run's {idle_secs:.0} s of idle; \
-             the bound is {bound_per_hour:.0}/hour)",
+            "           (observed: {} metric-only reports for the run's {chances:.0} chances of one \
+             per {METRICS_EVERY_S:.0} s,",
             metric.len()
+        );
+        println!(
+            "           scaled to the bound of 3600 / {METRICS_EVERY_S:.0} = {bound_per_hour:.0}/hour)"
         );
     } else {
         println!(
-            "           (the bound 3600 / {METRICS_EVERY_S:.0}: the run's {idle_secs:.0} s of idle \
-             cannot show how many of those chances"
+            "           (the bound 3600 / {METRICS_EVERY_S:.0}: the run's {ran:.0} s cannot show how \
+             many of those chances find"
         );
         println!(
-            "           find a significant metric change; {} metric-only reports seen after the \
-             first; run >= {:.0} s to observe)",
-            metric.len(),
-            2.0 * METRICS_EVERY_S + idle_from
+            "           a significant metric change: {} metric-only reports seen after the first;",
+            metric.len()
+        );
+        println!(
+            "           --seconds {:.0} or more observes them)",
+            2.0 * METRICS_EVERY_S + 10.0
         );
     }
     println!(
-        "           each {} up ({metric_up_basis}),",
-        human(metric_up)
-    );
-    println!(
-        "           {} down (measured answer to a PATCH)",
+        "           each {} up, {} down; down: the answer to a PATCH as measured; up:",
+        human(metric_up),
         human(metric_down)
     );
+    println!("           {}", metric_up_basis.join("\n           "));
     if !other.is_empty() {
         let fields: std::collections::BTreeSet<&String> =
             other.iter().flat_map(|r| r.keys.iter()).collect();
@@ -987,7 +996,7 @@ fn main() {
     let startup_down =
         first_full.map_or(0, |e| e.down) + startup.iter().map(|r| r.down).sum::<u64>();
     println!(
-        "  once per start, not in the table: the first poll and {} start-up report(s), {} up, {} down",
+        "  once per start, not in the table: the first poll and {} start-up report(s),\n  {} up, {} down",
         startup.len(),
         human(startup_up as f64),
         human(startup_down as f64)
