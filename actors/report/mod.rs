@@ -136,7 +136,14 @@ impl ReportActor {
             return;
         }
         let metrics_only = diff.keys().all(|k| METRIC_KEYS.contains(&k.as_str()));
-        if metrics_only && self.last_sent.is_some_and(|t| t.elapsed() < METRICS_EVERY) {
+        // A little slack: the 5-minute tick must not just miss the 5 minutes since the last
+        // report (and wait 5 more).
+        let slack = Duration::from_secs(2);
+        if metrics_only
+            && self
+                .last_sent
+                .is_some_and(|t| t.elapsed() + slack < METRICS_EVERY)
+        {
             debug!(actor = "report", decision = "skip", reason = "metric-only change within 5 minutes"; "Report skipped");
             return;
         }

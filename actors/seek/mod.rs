@@ -192,10 +192,10 @@ impl SeekActor {
         }
         ctx.add_stream(engine.events());
         self.engine = Some(engine);
-        // The watch stream yields the latest target first: that starts (or resumes) seeking.
-        ctx.add_stream(WatchStream::new(self.deps.targets.subscribe()));
-        if self.deps.targets.latest().is_none() {
-            self.check_drift(ctx);
+        // Resume the target that arrived (or was stored) while the engine was missing.
+        match self.target.clone() {
+            Some(t) => self.start_apply(t, Cause::Target, ctx),
+            None => self.check_drift(ctx),
         }
         ctx.run_interval(PERIODIC_CHECK, |a, ctx| {
             if a.applying.is_none() {
@@ -231,11 +231,6 @@ impl SeekActor {
         if let Some(h) = self.retry.take() {
             ctx.cancel_future(h);
         }
-        let Some(engine) = self.engine.clone() else {
-            info!(seq = req.seq, decision = "defer", reason = "engine unreachable"; "Target waits for the engine");
-            self.target = Some(req);
-            return;
-        };
         let target: DeviceTarget = match serde_json::from_value((*req.target).clone()) {
             Ok(t) => t,
             Err(e) => {
@@ -246,6 +241,13 @@ impl SeekActor {
                 self.set_status(UpdateStatus::Rejected);
                 return;
             }
+        };
+        // Readers (the report) see the target even before the engine is there.
+        self.deps.state.update(|c| c.target = Some(target.clone()));
+        let Some(engine) = self.engine.clone() else {
+            info!(seq = req.seq, decision = "defer", reason = "engine unreachable"; "Target waits for the engine");
+            self.target = Some(req);
+            return;
         };
         self.target = Some(req.clone());
         self.deps.state.update(|c| c.seq = req.seq);
@@ -483,6 +485,10 @@ impl Resumable for SeekActor {
         self.retry = None;
         self.drift_check = None;
         self.pending = None;
+        self.target = None;
+        // The watch stream yields the latest target first: that starts (or resumes) seeking,
+        // or records it until the engine is there.
+        ctx.add_stream(WatchStream::new(self.deps.targets.subscribe()));
         self.connect(ctx);
     }
 }

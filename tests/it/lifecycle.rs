@@ -91,21 +91,28 @@ fn keeps_its_identity_until_the_config_file_is_deleted() {
 #[test]
 fn default_address_is_loopback_48484() {
     let home = tempfile::tempdir().unwrap();
+    let log = home.path().join("stderr.log");
     let mut cmd = crate::support::agent::helios_command(home.path());
     let mut child = cmd
         .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let addr = "127.0.0.1:48484".parse().unwrap();
-    let ok = eventually(Duration::from_secs(20), || {
+    let ok = eventually(Duration::from_secs(60), || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
             .ok()
             .map(|_| http(addr, "GET", "/ping", None))
     });
+    let exited = child.try_wait().unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let ok = ok.expect("answers on 127.0.0.1:48484");
+    let ok = ok.unwrap_or_else(|| {
+        panic!(
+            "no answer on 127.0.0.1:48484 (exit: {exited:?}); log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
     assert_eq!((ok.status, ok.body.as_str()), (200, "OK"));
 }
 
