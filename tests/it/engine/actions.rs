@@ -6,7 +6,7 @@ use bollard::query_parameters::InspectContainerOptions;
 use bollard::Docker;
 use serde_json::json;
 
-use crate::support::agent::{eventually, http, Agent, AgentOpts};
+use crate::support::agent::{http, Agent, AgentOpts};
 use crate::support::infra::{docker, empty_engine, exec, infra, Infra};
 
 const APP: &str = "actions-app";
@@ -38,10 +38,7 @@ async fn running(d: &Docker, name: &str) -> Option<bool> {
 }
 
 fn done(agent: &Agent) {
-    let ok = eventually(Duration::from_secs(60), || {
-        (agent.get("/v3/status").json()["status"] == "done").then_some(())
-    });
-    assert!(ok.is_some(), "not done: {}", agent.get("/v3/status").body);
+    agent.wait_status("done", Duration::from_secs(60));
 }
 
 fn post(agent: &Agent, path: &str, body: serde_json::Value) -> (u16, String) {

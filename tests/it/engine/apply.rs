@@ -69,18 +69,6 @@ async fn containers(d: &Docker) -> HashMap<String, bollard::models::ContainerSum
     .collect()
 }
 
-fn wait_status(agent: &Agent, want: &str, timeout: Duration) {
-    let got = eventually(timeout, || {
-        let s = agent.get("/v3/status").json();
-        (s["status"] == want).then_some(())
-    });
-    assert!(
-        got.is_some(),
-        "status never became {want}; last: {}",
-        agent.get("/v3/status").body
-    );
-}
-
 #[tokio::test]
 async fn installs_a_release_heals_drift_and_removes_it() {
     let Some(infra) = infra("engine::apply") else {
@@ -96,7 +84,7 @@ async fn installs_a_release_heals_drift_and_removes_it() {
         &release(infra, "rel-1").to_string(),
     );
     assert_eq!(r.status, 202, "{}", r.body);
-    wait_status(&agent, "done", Duration::from_secs(120));
+    agent.wait_status("done", Duration::from_secs(120));
 
     // Names, labels and configuration on the engine.
     let all = containers(&d).await;
@@ -351,7 +339,7 @@ async fn converges_after_sigkill_mid_apply_with_one_container_per_service() {
     drop(first);
 
     let second = agent(infra, home.path());
-    wait_status(&second, "done", Duration::from_secs(120));
+    second.wait_status("done", Duration::from_secs(120));
     let all = containers(&d).await;
     let mut names: Vec<_> = all.keys().cloned().collect();
     names.sort();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bollard::query_parameters::InspectContainerOptions;
 use serde_json::{json, Value};
 
-use crate::support::agent::{eventually, http, Agent, AgentOpts, Response};
+use crate::support::agent::{http, Agent, AgentOpts, Response};
 use crate::support::infra::{docker, empty_engine, infra, Infra};
 
 const APP: &str = "dapi-app-uuid";
@@ -67,10 +67,7 @@ async fn read_only_endpoints_describe_a_single_service_app() {
         &release(infra).to_string(),
     );
     assert_eq!(r.status, 202, "{}", r.body);
-    let done = eventually(Duration::from_secs(120), || {
-        (agent.get("/v3/status").json()["status"] == "done").then_some(())
-    });
-    assert!(done.is_some(), "{}", agent.get("/v3/status").body);
+    agent.wait_status("done", Duration::from_secs(120));
     let container = d
         .inspect_container("main_rel-1", None::<InspectContainerOptions>)
         .await

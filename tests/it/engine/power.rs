@@ -36,10 +36,7 @@ async fn reboot_respects_locks_and_calls_logind_once_after_answering() {
             .status,
         202
     );
-    let done = eventually(Duration::from_secs(60), || {
-        (agent.get("/v3/status").json()["status"] == "done").then_some(())
-    });
-    assert!(done.is_some());
+    agent.wait_status("done", Duration::from_secs(60));
 
     // A user lock refuses the reboot; logind is not called.
     exec(&d, "main_r1", &["touch", "/tmp/balena/updates.lock"]).await;

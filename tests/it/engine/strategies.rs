@@ -40,10 +40,7 @@ fn target(image: &str, release: &str, strategy: &str) -> String {
 }
 
 fn done(agent: &Agent) {
-    let ok = eventually(Duration::from_secs(120), || {
-        (agent.get("/v3/status").json()["status"] == "done").then_some(())
-    });
-    assert!(ok.is_some(), "not done: {}", agent.get("/v3/status").body);
+    agent.wait_status("done", Duration::from_secs(120));
 }
 
 /// Engine events between two unix times, as "type action name" strings.

@@ -161,6 +161,18 @@ impl Agent {
         }
     }
 
+    /// Waits until `/v3/status` says `want` (panics with the last status after `timeout`).
+    pub fn wait_status(&self, want: &str, timeout: Duration) {
+        let got = eventually(timeout, || {
+            (self.get("/v3/status").json()["status"] == want).then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "status never became {want}; last: {}",
+            self.get("/v3/status").body
+        );
+    }
+
     pub fn get(&self, path: &str) -> Response {
         http(self.addr, "GET", path, None)
     }
