@@ -409,3 +409,50 @@ async fn invalid_targets_are_rejected_and_change_nothing() {
     );
     assert_eq!(agent.get("/v3/device").json()["apps"], json!({}));
 }
+
+/// The README's example app, with its public images swapped for the local registry's.
+#[tokio::test]
+async fn the_readme_example_app_converges() {
+    let Some(infra) = infra("engine::apply") else {
+        return;
+    };
+    let d = docker(infra).await;
+    empty_engine(&d).await;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello.json"))
+        .unwrap()
+        .replace("busybox:1.36", &infra.image_a)
+        .replace("alpine:3.20", &infra.image_b);
+    let home = tempfile::tempdir().unwrap();
+    let agent = agent(infra, home.path());
+    assert_eq!(
+        agent.post_json("/v3/device/apps/hello-app", &text).status,
+        202
+    );
+    agent.wait_status("done", Duration::from_secs(120));
+    let page = eventually(Duration::from_secs(30), || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:8080").ok()?;
+        use std::io::{Read, Write};
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.contains("hello from helios").then_some(out)
+    });
+    assert!(
+        page.is_some(),
+        "the web service answers on the published port"
+    );
+    // The ticker reaches web by its service name on the app's network and writes the volume.
+    let mut ticked = false;
+    for _ in 0..60 {
+        let out =
+            crate::support::infra::exec(&d, "ticker_hello-release-1", &["cat", "/data/ticks"])
+                .await;
+        if out.contains("hello from helios") {
+            ticked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(ticked, "ticker fetched the page through the service alias");
+    empty_engine(&d).await;
+}
