@@ -862,22 +862,6 @@ pub fn read_network(n: &bollard::models::Network) -> Option<(String, String, Net
     })
 }
 
-/// [`read_network`] for the inspect shape.
-pub fn read_network_inspect(
-    n: &bollard::models::NetworkInspect,
-) -> Option<(String, String, NetworkConfig)> {
-    network_from_facts(NetworkFacts {
-        name: n.name.as_ref(),
-        driver: n.driver.as_ref(),
-        enable_ipv6: n.enable_ipv6,
-        internal: n.internal,
-        config_only: n.config_only,
-        ipam: n.ipam.as_ref(),
-        options: n.options.as_ref(),
-        labels: n.labels.as_ref(),
-    })
-}
-
 fn network_from_facts(n: NetworkFacts) -> Option<(String, String, NetworkConfig)> {
     let labels = n.labels?;
     if !is_supervised(labels) {

@@ -36,7 +36,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// A JSON or form body as a map; an empty or unreadable body is an empty map.
-fn body(req: &HttpRequest, bytes: &[u8]) -> Map<String, Value> {
+pub(super) fn body(req: &HttpRequest, bytes: &[u8]) -> Map<String, Value> {
     let form = req
         .headers()
         .get("content-type")
@@ -56,7 +56,7 @@ fn body(req: &HttpRequest, bytes: &[u8]) -> Map<String, Value> {
 }
 
 /// The spec's "truthy": true, "true", 1, "1", "on".
-fn truthy(v: Option<&Value>) -> bool {
+pub(super) fn truthy(v: Option<&Value>) -> bool {
     match v {
         Some(Value::Bool(b)) => *b,
         Some(Value::Number(n)) => n.as_i64() == Some(1),

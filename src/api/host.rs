@@ -1,11 +1,12 @@
 //! Host routes: `POST /v1/reboot` and `POST /v1/shutdown` (spec/device-api.md §4), answered
 //! with the legacy `{"Data", "Error"}` envelope; HostActor asks logind after the answer.
-use actix_web::{web, HttpResponse};
-use serde_json::{json, Value};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
 
 use helios_actors::host::{Power, PowerError};
 use helios_actors::ports::dbus::PowerAction;
 
+use super::actions::{body, truthy};
 use super::auth::Caller;
 use super::ApiState;
 
@@ -14,26 +15,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/shutdown", web::post().to(shutdown));
 }
 
-fn force(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("force").cloned())
-        .is_some_and(|f| {
-            f == Value::Bool(true)
-                || f == json!(1)
-                || f.as_str()
-                    .is_some_and(|s| matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "on"))
-        })
-}
-
-async fn power(state: &ApiState, action: PowerAction, body: &[u8]) -> HttpResponse {
-    let res = state
-        .host_power
-        .send(Power {
-            action,
-            force: force(body),
-        })
-        .await;
+async fn power(state: &ApiState, action: PowerAction, force: bool) -> HttpResponse {
+    let res = state.host_power.send(Power { action, force }).await;
     match res {
         Ok(Ok(())) => HttpResponse::Accepted().json(json!({"Data": "OK", "Error": null})),
         Ok(Err(PowerError::Locked(m))) => HttpResponse::build(actix_web::http::StatusCode::LOCKED)
@@ -46,10 +29,25 @@ async fn power(state: &ApiState, action: PowerAction, body: &[u8]) -> HttpRespon
     }
 }
 
-async fn reboot(state: web::Data<ApiState>, _caller: Caller, body: web::Bytes) -> HttpResponse {
-    power(&state, PowerAction::Reboot, &body).await
+/// `{"force": <truthy>}` in a JSON or form body.
+fn force(req: &HttpRequest, bytes: &[u8]) -> bool {
+    truthy(body(req, bytes).get("force"))
 }
 
-async fn shutdown(state: web::Data<ApiState>, _caller: Caller, body: web::Bytes) -> HttpResponse {
-    power(&state, PowerAction::PowerOff, &body).await
+async fn reboot(
+    state: web::Data<ApiState>,
+    _caller: Caller,
+    req: HttpRequest,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    power(&state, PowerAction::Reboot, force(&req, &bytes)).await
+}
+
+async fn shutdown(
+    state: web::Data<ApiState>,
+    _caller: Caller,
+    req: HttpRequest,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    power(&state, PowerAction::PowerOff, force(&req, &bytes)).await
 }
