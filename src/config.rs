@@ -91,7 +91,7 @@ layer_struct!(
 );
 layer_struct!(
     /// `[host]`: the host OS and its directories.
-    HostLayer { os_version: String, runtime_dir: PathBuf, host_runtime_dir: PathBuf, dbus_address: String }
+    HostLayer { os_version: String, runtime_dir: PathBuf, host_runtime_dir: PathBuf, dbus_address: String, boot_dir: PathBuf, config_json: PathBuf }
 );
 layer_struct!(
     /// `[engine]`: the container engine.
@@ -177,6 +177,7 @@ impl Layer {
             legacy: LegacyLayer::default(),
             host: HostLayer {
                 dbus_address: Some("unix:path=/var/run/dbus/system_bus_socket".into()),
+                boot_dir: Some("/mnt/boot".into()),
                 ..Default::default()
             },
             engine: EngineLayer {
@@ -330,6 +331,8 @@ pub fn env_layer(env: &Env) -> Result<Layer, ConfigError> {
             runtime_dir: None,
             host_runtime_dir: env_str(env, "HELIOS_HOST_RUNTIME_DIR").map(PathBuf::from),
             dbus_address: env_str(env, "DBUS_SYSTEM_BUS_ADDRESS"),
+            boot_dir: env_str(env, "BOOT_MOUNTPOINT").map(PathBuf::from),
+            config_json: env_str(env, "CONFIG_MOUNT_POINT").map(PathBuf::from),
         },
         engine: EngineLayer {
             host: env_str(env, "DOCKER_HOST"),
@@ -738,6 +741,18 @@ fn build(
             .unwrap_or_else(|| runtime_dir.clone()),
         runtime_dir,
         dbus_address: l.host.dbus_address.unwrap_or_default(),
+        boot: helios_actors::host::config::BootFiles {
+            config_json: match (l.host.config_json, &l.host.boot_dir) {
+                (Some(p), _) => p,
+                (None, Some(b)) => b.join("config.json"),
+                (None, None) => PathBuf::from("/mnt/boot/config.json"),
+            },
+            boot_dir: l
+                .host
+                .boot_dir
+                .unwrap_or_else(|| PathBuf::from("/mnt/boot")),
+        },
+        uuid: uuid.clone(),
     };
 
     let engine_host = l.engine.host.unwrap_or_default();

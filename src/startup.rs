@@ -230,6 +230,8 @@ pub async fn run(
         seek_reapply: seek.clone().recipient(),
         seek_action: seek.clone().recipient(),
         host_power: host.clone().recipient(),
+        host_config: host.clone().recipient(),
+        host_config_patch: host.clone().recipient(),
         seek_cleanup: seek.clone().recipient(),
         poll: remote_settings.is_some().then(|| poll.clone().recipient()),
         remote: remote_bus.clone(),

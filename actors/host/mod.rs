@@ -1,10 +1,16 @@
 //! HostActor owns everything that touches the host OS over the system bus (zbus).
-//! Owns: the bus connection and the `bus` and `host_os` capabilities.
-//! Handles: Power (reboot, power-off through logind, refused while update locks are held
-//! unless forced).
+//! Owns: the bus connection, the host config files (config.rs) and the `bus` and `host_os`
+//! capabilities.
+//! Handles: Power (reboot, power-off through logind), GetHostConfig, PatchHostConfig
+//! (hostname, proxy; units restarted through systemd); whatever stops or reconfigures the
+//! host is refused while update locks are held unless forced.
 //! Sends: capability changes on the CapsBus.
 //! Restart: reconnects to the bus after the restart backoff.
+pub mod config;
+
 use std::time::Duration;
+
+use serde_json::{Map, Value};
 
 use std::sync::Arc;
 
@@ -12,7 +18,7 @@ use actix::{ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture}
 use log::{info, warn};
 
 use crate::bus::{CapsBus, StateBus};
-use crate::ports::dbus::{Bus, PowerAction};
+use crate::ports::dbus::{Bus, BusError, PowerAction, UnitAction};
 use crate::ports::locks::Locks;
 use crate::ports::store::Store;
 use crate::supervise::{Restarts, Resumable};
@@ -65,6 +71,10 @@ pub struct HostSettings {
     /// The same dir as the host and the engine see it (bind-mount sources).
     pub host_runtime_dir: std::path::PathBuf,
     pub dbus_address: String,
+    /// balenaOS's config.json and boot partition (absent on generic Linux).
+    pub boot: config::BootFiles,
+    /// The device uuid: an empty hostname resets to its first 7 characters.
+    pub uuid: String,
 }
 
 const PROBE_MIN: Duration = Duration::from_secs(1);
@@ -82,19 +92,55 @@ pub struct HostDeps {
 /// Sent by the API (`POST /v1/reboot`, `POST /v1/shutdown`): take every app's update lock,
 /// answer, then (after the API replied and the store is flushed) ask logind.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), PowerError>")]
+#[rtype(result = "Result<(), HostError>")]
 pub struct Power {
     pub action: PowerAction,
     pub force: bool,
 }
 
+/// Sent by the API (`GET /v1/device/host-config`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<HostConfig, HostError>")]
+pub struct GetHostConfig;
+
+/// The host config as `/v1/device/host-config` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostConfig {
+    pub hostname: String,
+    /// Present only when a proxy is configured.
+    pub proxy: Option<Map<String, Value>>,
+}
+
+/// Sent by the API (`PATCH /v1/device/host-config`): change what is given, holding every
+/// app's update locks.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct PatchHostConfig {
+    /// Empty resets to the first 7 characters of the uuid.
+    pub hostname: Option<String>,
+    /// Merged field by field over the current proxy; empty removes it.
+    pub proxy: Option<Map<String, Value>>,
+    pub force: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
-pub enum PowerError {
+pub enum HostError {
+    /// A user holds an update lock.
     #[error("{0}")]
     Locked(String),
+    /// What the request needs is not on this host (no bus service, not balenaOS).
     #[error("{0}")]
     Unavailable(String),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The host refused or failed (a bus call, a failed job, a file).
+    #[error("{0}")]
+    Failed(String),
 }
+
+/// How long a unit job may take before its restart is an error.
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How long after answering the API the reboot or power-off is asked for.
 const POWER_DELAY: Duration = Duration::from_secs(1);
@@ -181,30 +227,54 @@ impl Resumable for HostActor {
 
 crate::supervised_actor!(HostActor);
 
-impl Handler<Power> for HostActor {
-    type Result = Result<(), PowerError>;
-
-    fn handle(&mut self, msg: Power, ctx: &mut Context<Self>) -> Self::Result {
-        let bus = match (&self.bus, self.deps.caps.get().bus) {
-            (Some(b), Some(info)) if info.login1 => b.clone(),
-            _ => {
-                warn!(action:? = msg.action, decision = "refuse",
-                    reason = "org.freedesktop.login1 is not on the system bus"; "Power action refused");
-                return Err(PowerError::Unavailable(
-                    "org.freedesktop.login1 is not available on the system bus".into(),
-                ));
-            }
+impl HostActor {
+    /// The bus, if it offers `service` (e.g. `login1`).
+    fn bus_with(&self, service: &str) -> Option<Bus> {
+        let info = self.deps.caps.get().bus?;
+        let has = match service {
+            "login1" => info.login1,
+            "systemd1" => info.systemd1,
+            "hostname1" => info.hostname1,
+            _ => false,
         };
-        // Every app on the device, as the legacy supervisor does.
+        has.then(|| self.bus.clone()).flatten()
+    }
+
+    /// Takes the update locks of every app on the device (as the legacy supervisor does);
+    /// on a user lock, releases what it took and says which.
+    fn lock_all(&self, force: bool) -> Result<Vec<String>, (String, String)> {
         let apps: Vec<String> = self.deps.state.get().model.apps.keys().cloned().collect();
-        for app in &apps {
-            if let Err(e) = self.deps.locks.take(app, msg.force) {
-                self.deps.locks.release_all();
-                warn!(action:? = msg.action, app:% = app, error:% = e, decision = "refuse",
-                    reason = "update locks held"; "Power action refused");
-                return Err(PowerError::Locked(e.to_string()));
+        for (i, app) in apps.iter().enumerate() {
+            if let Err(e) = self.deps.locks.take(app, force) {
+                for a in &apps[..i] {
+                    self.deps.locks.release(a);
+                }
+                return Err((app.clone(), e.to_string()));
             }
         }
+        Ok(apps)
+    }
+}
+
+impl Handler<Power> for HostActor {
+    type Result = Result<(), HostError>;
+
+    fn handle(&mut self, msg: Power, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(bus) = self.bus_with("login1") else {
+            warn!(action:? = msg.action, decision = "refuse",
+                reason = "org.freedesktop.login1 is not on the system bus"; "Power action refused");
+            return Err(HostError::Unavailable(
+                "org.freedesktop.login1 is not available on the system bus".into(),
+            ));
+        };
+        let apps = match self.lock_all(msg.force) {
+            Ok(apps) => apps,
+            Err((app, e)) => {
+                warn!(action:? = msg.action, app:% = app, error:% = e, decision = "refuse",
+                    reason = "update locks held"; "Power action refused");
+                return Err(HostError::Locked(e));
+            }
+        };
         info!(action:? = msg.action, force = msg.force, apps = apps.len(), delay_ms = POWER_DELAY.as_millis() as u64,
             decision = "power", reason = "device API request"; "Power action accepted");
         let store = self.deps.store.clone();
@@ -226,6 +296,177 @@ impl Handler<Power> for HostActor {
         });
         Ok(())
     }
+}
+
+impl Handler<GetHostConfig> for HostActor {
+    type Result = actix::ResponseFuture<Result<HostConfig, HostError>>;
+
+    fn handle(&mut self, _: GetHostConfig, _: &mut Context<Self>) -> Self::Result {
+        let (boot, uuid) = (self.settings.boot.clone(), self.settings.uuid.clone());
+        let hostnamed = self.bus_with("hostname1");
+        Box::pin(async move {
+            let failed = |e: &(dyn std::error::Error + 'static)| {
+                HostError::Failed(ErrorChain(e).to_string())
+            };
+            let (hostname, proxy) = if boot.present() {
+                let doc = boot.read_config_json().map_err(|e| failed(&e))?;
+                let hostname = match doc.get("hostname").and_then(Value::as_str) {
+                    Some(h) if !h.is_empty() => h.to_string(),
+                    _ => short_uuid(&uuid),
+                };
+                (hostname, boot.read_proxy().map_err(|e| failed(&e))?)
+            } else {
+                let hostname = match hostnamed {
+                    Some(bus) => bus.static_hostname().await.map_err(|e| failed(&e))?,
+                    None => std::fs::read_to_string("/etc/hostname")
+                        .map(|h| h.trim().to_string())
+                        .map_err(|e| failed(&e))?,
+                };
+                (hostname, None)
+            };
+            Ok(HostConfig { hostname, proxy })
+        })
+    }
+}
+
+fn short_uuid(uuid: &str) -> String {
+    uuid.chars().take(7).collect()
+}
+
+impl Handler<PatchHostConfig> for HostActor {
+    type Result = actix::ResponseFuture<Result<(), HostError>>;
+
+    fn handle(&mut self, msg: PatchHostConfig, _: &mut Context<Self>) -> Self::Result {
+        let boot = self.settings.boot.clone();
+        let balena_os = boot.present();
+        let hostname = msg.hostname.map(|h| match h.is_empty() {
+            true => short_uuid(&self.settings.uuid),
+            false => h,
+        });
+        // Everything is checked before anything is locked or written.
+        let checked = (|| {
+            if let Some(h) = &hostname {
+                if h.len() > 64
+                    || !h
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                {
+                    return Err(HostError::Invalid(format!(
+                        "invalid hostname {h:?}: letters, digits, '-' and '.' only, at most 64"
+                    )));
+                }
+            }
+            let hostnamed = match (&hostname, balena_os) {
+                (Some(_), false) => Some(self.bus_with("hostname1").ok_or_else(|| {
+                    HostError::Unavailable(
+                        "cannot set the hostname: no balenaOS config.json and org.freedesktop.hostname1 is not on the system bus".into(),
+                    )
+                })?),
+                _ => None,
+            };
+            let systemd = match &msg.proxy {
+                None => None,
+                Some(_) if !balena_os => {
+                    return Err(HostError::Unavailable(
+                        "proxy settings need balenaOS (no config.json in the boot partition)"
+                            .into(),
+                    ))
+                }
+                Some(patch) => {
+                    let current = boot
+                        .read_proxy()
+                        .map_err(|e| HostError::Failed(ErrorChain(&e).to_string()))?;
+                    config::merge_proxy(current, patch)
+                        .map_err(|e| HostError::Invalid(e.to_string()))?;
+                    Some(self.bus_with("systemd1").ok_or_else(|| {
+                        HostError::Unavailable(
+                            "cannot restart the proxy: org.freedesktop.systemd1 is not on the system bus".into(),
+                        )
+                    })?)
+                }
+            };
+            Ok((hostnamed, systemd))
+        })();
+        let (hostnamed, systemd) = match checked {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error:% = e, decision = "refuse", reason = "bad or unsupported host config"; "Host config refused");
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        let apps = match self.lock_all(msg.force) {
+            Ok(apps) => apps,
+            Err((app, e)) => {
+                warn!(app:% = app, error:% = e, decision = "refuse", reason = "update locks held"; "Host config refused");
+                return Box::pin(async move { Err(HostError::Locked(e)) });
+            }
+        };
+        let locks = self.deps.locks.clone();
+        let proxy = msg.proxy;
+        Box::pin(async move {
+            let res = patch_host_config(&boot, hostname, hostnamed, proxy, systemd).await;
+            for a in &apps {
+                locks.release(a);
+            }
+            if let Err(e) = &res {
+                warn!(error:% = e, decision = "abort", reason = "the host refused the change"; "Host config failed");
+            }
+            res
+        })
+    }
+}
+
+/// Applies a checked host-config patch: hostname first, then the proxy files and units.
+async fn patch_host_config(
+    boot: &config::BootFiles,
+    hostname: Option<String>,
+    hostnamed: Option<Bus>,
+    proxy: Option<Map<String, Value>>,
+    systemd: Option<Bus>,
+) -> Result<(), HostError> {
+    let failed =
+        |e: &(dyn std::error::Error + 'static)| HostError::Failed(ErrorChain(e).to_string());
+    if let Some(h) = hostname {
+        match hostnamed {
+            Some(bus) => {
+                bus.set_static_hostname(&h).await.map_err(|e| failed(&e))?;
+                info!(hostname:% = h, decision = "set_hostname", reason = "device API request, generic Linux: hostnamed";
+                    "Hostname set");
+            }
+            None => {
+                boot.write_hostname(&h).map_err(|e| failed(&e))?;
+                info!(hostname:% = h, decision = "set_hostname",
+                    reason = "device API request, balenaOS: config.json, applied by the OS"; "Hostname set");
+            }
+        }
+    }
+    if let (Some(patch), Some(bus)) = (proxy, systemd) {
+        let now = boot.patch_proxy(&patch).map_err(|e| failed(&e))?;
+        let (kind, ip) = now
+            .as_ref()
+            .map(|p| (p.get("type").cloned(), p.get("ip").cloned()))
+            .unwrap_or_default();
+        info!(proxy_type:? = kind, proxy_ip:? = ip, decision = "set_proxy", reason = "device API request";
+            "Proxy configured");
+        // The proxy config unit has had two names; the first one that exists is restarted.
+        let mut restarted = false;
+        for unit in config::PROXY_CONFIG_UNITS {
+            match bus.unit(UnitAction::Restart, unit, JOB_TIMEOUT).await {
+                Ok(()) => {
+                    restarted = true;
+                    break;
+                }
+                Err(BusError::NoSuchUnit { .. }) => continue,
+                Err(e) => return Err(failed(&e)),
+            }
+        }
+        bus.unit(UnitAction::Restart, config::REDSOCKS_UNIT, JOB_TIMEOUT)
+            .await
+            .map_err(|e| failed(&e))?;
+        info!(units = if restarted { 2 } else { 1 }, decision = "restart_units", reason = "the proxy changed";
+            "Proxy units restarted");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

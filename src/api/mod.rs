@@ -42,6 +42,8 @@ pub struct ApiState {
     pub seek_reapply: actix::Recipient<helios_actors::seek::Reapply>,
     pub seek_action: actix::Recipient<helios_actors::seek::RunAction>,
     pub host_power: actix::Recipient<helios_actors::host::Power>,
+    pub host_config: actix::Recipient<helios_actors::host::GetHostConfig>,
+    pub host_config_patch: actix::Recipient<helios_actors::host::PatchHostConfig>,
     pub seek_cleanup: actix::Recipient<helios_actors::seek::CleanupVolumes>,
     /// Present when managed: `/v1/update` polls first.
     pub poll: Option<actix::Recipient<helios_actors::poll::TriggerPoll>>,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::support::agent::{eventually, Agent, AgentOpts};
-use crate::support::fake_login1::FakeLogin1;
+use crate::support::fake_host::FakeLogin1;
 use crate::support::infra::{docker, empty_engine, exec, infra};
 
 #[tokio::test]

@@ -180,6 +180,10 @@ impl Agent {
     pub fn post_json(&self, path: &str, body: &str) -> Response {
         http(self.addr, "POST", path, Some(("application/json", body)))
     }
+
+    pub fn patch_json(&self, path: &str, body: &str) -> Response {
+        http(self.addr, "PATCH", path, Some(("application/json", body)))
+    }
 }
 
 impl Drop for Agent {
