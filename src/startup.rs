@@ -50,13 +50,6 @@ pub async fn run(
             "Configured identity value ignored");
     }
 
-    if let Err(e) = std::fs::create_dir_all(&config.host.runtime_dir) {
-        warn!(capability = "runtime_dir", path:% = config.host.runtime_dir.display(), error:% = e,
-            decision = "missing"; "Runtime dir not writable");
-    } else {
-        info!(capability = "runtime_dir", path:% = config.host.runtime_dir.display(), decision = "found"; "Capability found");
-    }
-
     let (store, opened) = match Store::open(&config.store.dir, config.store.cache_capacity) {
         Ok(s) => s,
         Err(e) => {
@@ -162,6 +155,7 @@ pub async fn run(
             targets: targets.clone(),
             state: state.clone(),
             remote_bus: remote_bus.clone(),
+            caps: caps.clone(),
             store: store.clone(),
             reapply: seek.clone().recipient(),
             rejected: seek.clone().recipient(),

@@ -93,6 +93,23 @@ pub struct BusInfo {
     pub hostname1: bool,
 }
 
+/// The host OS as detected: balenaOS (configured version, or `ID=balena-os` in os-release) or
+/// generic Linux.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct OsInfo {
+    /// `balenaOS` or `generic Linux`
+    pub kind: String,
+    /// os-release `PRETTY_NAME` (or the configured version), when known.
+    pub name: Option<String>,
+}
+
+/// The runtime dir (update locks, breadcrumbs) and whether this process can write it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuntimeDirInfo {
+    pub path: String,
+    pub writable: bool,
+}
+
 /// What the host environment offers, as detected at start and kept up to date by the actors
 /// that own each part (served at `GET /v3/capabilities`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -102,8 +119,13 @@ pub struct Capabilities {
     /// None while the system bus cannot be reached.
     pub bus: Option<BusInfo>,
     pub remote: RemoteCapability,
+    /// Whether the last request to the remote got an answer (None: unmanaged or not asked yet).
+    pub remote_reachable: Option<bool>,
     pub legacy_supervisor: LegacyCapability,
+    /// The configured host OS version (spec/helios-api-v3.md §10).
     pub host_os: Option<String>,
+    pub os: OsInfo,
+    pub runtime_dir: Option<RuntimeDirInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

@@ -98,6 +98,7 @@ pub struct PollDeps {
     pub targets: TargetBus,
     pub state: StateBus,
     pub remote_bus: RemoteBus,
+    pub caps: crate::bus::CapsBus,
     pub store: Store,
     pub reapply: Recipient<Reapply>,
     pub rejected: Recipient<MarkRejected>,
@@ -287,6 +288,28 @@ impl PollActor {
         ctx: &mut Context<Self>,
     ) {
         let next = self.interval + crate::jitter(self.remote().poll_max_jitter);
+        // Any HTTP answer means the remote is reachable; only transport errors, timeouts and
+        // 5xx/429 mean it is not.
+        let reachable = match &res {
+            Ok(_) => true,
+            Err(e) => e.status().is_some_and(|s| s < 500 && s != 429),
+        };
+        if self
+            .deps
+            .caps
+            .update(|c| c.remote_reachable = Some(reachable))
+        {
+            let endpoint = self.remote().endpoint.to_string();
+            match (reachable, &res) {
+                (true, _) => info!(capability = "remote", endpoint:% = endpoint, reachable = true,
+                    decision = "found"; "Capability found"),
+                (false, Err(e)) => {
+                    warn!(capability = "remote", endpoint:% = endpoint, reachable = false,
+                    error:% = ErrorChain(e), decision = "lost"; "Capability lost")
+                }
+                (false, Ok(_)) => {}
+            }
+        }
         match res {
             Ok(Fetched::New { body, etag }) => {
                 if self.failures > 0 {

@@ -62,6 +62,11 @@ async fn bounded<T>(
 }
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
+const HOST_SERVICES: [&str; 3] = [
+    "org.freedesktop.login1",
+    "org.freedesktop.systemd1",
+    "org.freedesktop.hostname1",
+];
 const HOSTNAME: &str = "org.freedesktop.hostname1";
 
 /// How long a method call may take before it is an error.
@@ -92,6 +97,26 @@ impl Bus {
 
     pub fn connection(&self) -> &zbus::Connection {
         &self.conn
+    }
+
+    /// A stream with one item each time one of the host services helios uses gains or loses
+    /// its owner; it ends when the connection closes.
+    pub async fn watch_names(
+        &self,
+    ) -> Result<impl futures::Stream<Item = ()> + Unpin + 'static, BusError> {
+        let dbus = zbus::fdo::DBusProxy::new(&self.conn)
+            .await
+            .map_err(BusError::call("DBus proxy"))?;
+        let changes = dbus
+            .receive_name_owner_changed()
+            .await
+            .map_err(|e| BusError::call("NameOwnerChanged")(e))?;
+        Ok(changes
+            .filter_map(|signal| async move {
+                let args = signal.args().ok()?;
+                HOST_SERVICES.contains(&args.name().as_str()).then_some(())
+            })
+            .boxed())
     }
 
     /// Which of the host services helios uses are on the bus now.

@@ -31,7 +31,7 @@ fn starts_unmanaged_serves_the_api_and_stops_on_sigterm() {
         ("dbus", "missing"),
         ("remote", "missing"),
         ("legacy_supervisor", "missing"),
-        ("host_os", "missing"),
+        ("host_os", "found"),
         ("runtime_dir", "found"),
     ] {
         assert!(

@@ -247,6 +247,10 @@ async fn a_failing_cloud_backs_off_and_the_apps_keep_running() {
         (apps[APP]["releases"]["rel-1"]["update_status"] == "done").then_some(())
     });
     assert!(ok.is_some(), "installed first");
+    assert_eq!(
+        agent.get("/v3/capabilities").json()["remote_reachable"],
+        true
+    );
     let running = d
         .inspect_container("main_rel-1", None::<InspectContainerOptions>)
         .await
@@ -275,6 +279,15 @@ async fn a_failing_cloud_backs_off_and_the_apps_keep_running() {
         (n >= 6).then_some(())
     });
     assert!(failed.is_some(), "six failed polls");
+    assert_eq!(
+        agent.get("/v3/capabilities").json()["remote_reachable"],
+        false,
+        "a failing remote is a lost capability"
+    );
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("capability=remote") && l.contains("decision=lost")));
     let gets: Vec<Instant> = cloud
         .requests()
         .into_iter()
@@ -307,6 +320,10 @@ async fn a_failing_cloud_backs_off_and_the_apps_keep_running() {
         (apps[APP]["releases"]["rel-2"]["update_status"] == "done").then_some(())
     });
     assert!(converged.is_some(), "converges once the cloud recovers");
+    assert_eq!(
+        agent.get("/v3/capabilities").json()["remote_reachable"],
+        true
+    );
     assert!(agent
         .logs()
         .iter()

@@ -263,3 +263,82 @@ pub async fn exec(d: &Docker, container: &str, cmd: &[&str]) -> String {
     }
     out
 }
+
+/// A dbus-daemon of the test's own (same policy as the shared test bus), for tests that stop
+/// and restart the bus under a running agent. Killed on drop.
+pub struct PrivateBus {
+    pub address: String,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBus {
+    pub fn start(dir: &Path) -> PrivateBus {
+        let mut bus = PrivateBus {
+            address: format!("unix:path={}", dir.join("bus.sock").display()),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        bus.restart();
+        bus
+    }
+
+    /// Starts the daemon (again) on the same address and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        let sock = self.dir.join("bus.sock");
+        let _ = std::fs::remove_file(&sock);
+        let conf = self.dir.join("dbus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+  </policy>
+</busconfig>
+"#,
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--nopidfile", "--nosyslog"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dbus-daemon starts (scripts/test installs it)");
+        self.child = Some(child);
+        let up = crate::support::agent::eventually(std::time::Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        });
+        assert!(
+            up.is_some(),
+            "the private bus listens at {}",
+            sock.display()
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
