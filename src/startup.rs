@@ -100,6 +100,16 @@ pub async fn run(
 
     // Keep the addresses: a Supervisor restarts its actor only while an address is alive.
     let locks = Arc::new(Locks::new(&config.host.runtime_dir));
+    let host = {
+        let deps = HostDeps {
+            caps: caps.clone(),
+            state: state.clone(),
+            locks: locks.clone(),
+            store: store.clone(),
+        };
+        let (h, r) = (config.host.clone(), restarts("host"));
+        Supervisor::start(move |_| HostActor::new(h, deps, r))
+    };
     let seek = {
         let deps = SeekDeps {
             settings: config.seek.clone(),
@@ -107,6 +117,8 @@ pub async fn run(
             device_uuid: config.uuid.clone(),
             host_os: config.host.os_version.clone(),
             host_runtime_dir: config.host.host_runtime_dir.clone(),
+            runtime_dir: config.host.runtime_dir.clone(),
+            host_power: host.clone().recipient(),
             locks: locks.clone(),
             store: store.clone(),
             targets: targets.clone(),
@@ -205,16 +217,6 @@ pub async fn run(
         let legacy = config.legacy.as_ref().map(|l| l.endpoint.clone());
         let r = restarts("proxy");
         Supervisor::start(move |_| ProxyActor::new(legacy, r))
-    };
-    let host = {
-        let deps = HostDeps {
-            caps: caps.clone(),
-            state: state.clone(),
-            locks: locks.clone(),
-            store: store.clone(),
-        };
-        let (h, r) = (config.host.clone(), restarts("host"));
-        Supervisor::start(move |_| HostActor::new(h, deps, r))
     };
     let api_state = ApiState {
         targets,

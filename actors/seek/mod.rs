@@ -11,6 +11,7 @@ pub mod actions;
 pub mod current;
 pub mod messages;
 pub mod plan;
+pub mod reboot;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -54,6 +55,10 @@ pub struct SeekDeps {
     pub device_uuid: String,
     pub host_os: Option<OsVersion>,
     pub host_runtime_dir: std::path::PathBuf,
+    /// The runtime dir as this process sees it (the reboot breadcrumb).
+    pub runtime_dir: std::path::PathBuf,
+    /// Reboots when the reboot breadcrumb asks for it (spec/behaviours.md §13.5).
+    pub host_power: actix::Recipient<crate::host::Power>,
     pub locks: Arc<Locks>,
     pub store: Store,
     pub targets: TargetBus,
@@ -83,6 +88,8 @@ pub struct SeekActor {
     pending: Option<Arc<TargetRequest>>,
     applying: Option<SpawnHandle>,
     retry: Option<SpawnHandle>,
+    /// The breadcrumb's reboot was asked for (once per process).
+    reboot_requested: bool,
     drift_check: Option<SpawnHandle>,
     attempt: u32,
     status: UpdateStatus,
@@ -142,6 +149,7 @@ impl SeekActor {
             pending: None,
             applying: None,
             retry: None,
+            reboot_requested: false,
             drift_check: None,
             attempt: 0,
             status: UpdateStatus::Done,
@@ -280,6 +288,7 @@ impl SeekActor {
             Outcome::Done => {
                 self.attempt = 0;
                 self.set_status(UpdateStatus::Done);
+                self.reboot_if_scheduled(ctx);
             }
             Outcome::NoPlan => {
                 self.set_status(UpdateStatus::Aborted);
@@ -290,6 +299,36 @@ impl SeekActor {
                 self.schedule_retry(ctx);
             }
         }
+    }
+
+    /// On target with the reboot breadcrumb newer than the boot: reboot, taking every update
+    /// lock with the apply's `force` (spec/behaviours.md §13.5). Asked once per process: after
+    /// the reboot a new process starts.
+    fn reboot_if_scheduled(&mut self, ctx: &mut Context<Self>) {
+        let Some(boot) = reboot::boot_time() else {
+            return;
+        };
+        if self.reboot_requested || !reboot::pending(&self.deps.runtime_dir, boot) {
+            return;
+        }
+        let force = self.target.as_ref().is_some_and(|r| r.force);
+        self.reboot_requested = true;
+        info!(force, decision = "reboot", reason = "on target and the reboot breadcrumb is newer than the boot";
+            "Rebooting to apply changes");
+        let power = self.deps.host_power.send(crate::host::Power {
+            action: crate::ports::dbus::PowerAction::Reboot,
+            force,
+        });
+        ctx.spawn(power.into_actor(self).map(|res, act, ctx| {
+            let err = match res {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            act.reboot_requested = false;
+            warn!(error:% = err, decision = "retry", reason = "the reboot was refused"; "Reboot failed");
+            act.schedule_retry(ctx);
+        }));
     }
 
     fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
@@ -384,7 +423,19 @@ async fn apply(
         Err(e) => return Outcome::Failed(format!("reading the engine: {}", ErrorChain(&e))),
     };
     // The planner's target adds the images and the kept volumes; readers see the target itself.
-    let prepared = current::prepare_target(target.clone(), &current);
+    let mut prepared = current::prepare_target(target.clone(), &current);
+    if let Some(boot) = reboot::boot_time() {
+        let held = reboot::hold_for_reboot(&mut prepared, &current, boot);
+        if !held.is_empty() && !reboot::pending(&deps.runtime_dir, boot) {
+            match reboot::touch(&deps.runtime_dir) {
+                Ok(()) => info!(seq = req.seq, services:? = held, decision = "schedule_reboot",
+                    reason = "requires-reboot services get new containers; they start after a reboot";
+                    "Reboot has been scheduled to apply changes"),
+                Err(e) => warn!(seq = req.seq, error:% = e, decision = "continue",
+                    reason = "cannot write the reboot breadcrumb"; "Reboot breadcrumb failed"),
+            }
+        }
+    }
     let mut worker = template;
     worker.use_resource(plan::Effects {
         engine: engine.clone(),

@@ -87,3 +87,77 @@ fn without_logind_power_actions_fail_clearly() {
     );
     assert_eq!(agent.get("/ping").status, 200, "nothing else is affected");
 }
+
+/// spec/behaviours.md §5.5, §13.5: a requires-reboot service is created but not started; the
+/// breadcrumb is written and, once the rest is on target, logind is asked to reboot once.
+#[tokio::test]
+async fn a_requires_reboot_service_waits_for_the_reboot_it_asks_for() {
+    let Some(infra) = infra("engine::power") else {
+        return;
+    };
+    let d = docker(infra).await;
+    empty_engine(&d).await;
+    let login1 = FakeLogin1::start(&infra.dbus_address);
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        AgentOpts::new(home.path())
+            .env("DOCKER_HOST", infra.docker_host.clone())
+            .env("DBUS_SYSTEM_BUS_ADDRESS", infra.dbus_address.clone()),
+    );
+    let found = eventually(Duration::from_secs(20), || {
+        (agent.get("/v3/capabilities").json()["bus"]["login1"] == true).then_some(())
+    });
+    assert!(found.is_some(), "logind detected on the bus");
+
+    let app = json!({"id": 9, "name": "driver", "releases": {"r1": {"services": {
+        "main": {"id": 1, "image": infra.image_a, "composition": {"command": "sleep infinity"}},
+        "driver": {"id": 2, "image": infra.image_a, "composition": {"command": "sleep infinity",
+            "labels": {"io.balena.update.requires-reboot": "1"}}}}}}});
+    assert_eq!(
+        agent
+            .post_json("/v3/device/apps/driver-app", &app.to_string())
+            .status,
+        202
+    );
+    agent.wait_status("done", Duration::from_secs(60));
+    let called = eventually(Duration::from_secs(10), || {
+        let c = login1.calls();
+        (!c.is_empty()).then_some(c)
+    })
+    .expect("logind Reboot called");
+    std::thread::sleep(Duration::from_secs(2));
+    let calls = login1.calls();
+    assert_eq!(calls.len(), 1, "exactly once: {calls:?}");
+    assert_eq!(called[0].0, "Reboot");
+    assert!(
+        home.path().join("run/reboot-after-apply").exists(),
+        "breadcrumb written"
+    );
+    let state = |name: &str| {
+        let d = d.clone();
+        let name = name.to_string();
+        async move {
+            d.inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .unwrap()
+            .state
+            .unwrap()
+        }
+    };
+    assert_eq!(state("main_r1").await.running, Some(true));
+    let driver = state("driver_r1").await;
+    assert_eq!(
+        driver.running,
+        Some(false),
+        "created, not started before the reboot"
+    );
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("decision=schedule_reboot") && l.contains("driver")));
+    drop(agent);
+    empty_engine(&d).await;
+}
