@@ -492,6 +492,8 @@ pub struct Config {
     pub max_target_bytes: usize,
     /// Identity values from the environment or flags that the stored identity overrode.
     pub ignored_identity: Vec<String>,
+    /// The device type slug, when configured (`provisioning.device_type`).
+    pub device_type: Option<String>,
 }
 
 /// Everything `resolve` reads, so tests can pass their own.
@@ -659,7 +661,7 @@ fn build(
             })?;
             let device_type = non_empty(
                 "provisioning.device_type (--provisioning-device-type)",
-                l.provisioning.device_type,
+                l.provisioning.device_type.clone(),
             )?
             .ok_or_else(|| ConfigError::Requires {
                 key: "provisioning.key (--provisioning-key)".into(),
@@ -781,7 +783,9 @@ fn build(
         return Err(invalid("supervision.max_restarts", "must be at least 1"));
     }
 
+    let device_type = l.provisioning.device_type.filter(|t| !t.is_empty());
     Ok(Config {
+        device_type,
         config_path,
         uuid,
         uuid_generated,

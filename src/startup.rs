@@ -234,6 +234,10 @@ pub async fn run(
         keys,
         store: store.clone(),
         managed: remote_settings.is_some(),
+        device_type: config
+            .device_type
+            .clone()
+            .or_else(|| config.host.boot.device_type()),
     };
     let _actors = (seek, poll, report, proxy, host);
     let (server, bound) = match api::bind(

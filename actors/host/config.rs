@@ -79,6 +79,22 @@ impl BootFiles {
         }
     }
 
+    /// The device type slug balenaOS knows: `device-type.json` `slug`, else config.json
+    /// `deviceType` (spec/registration.md §1.1).
+    pub fn device_type(&self) -> Option<String> {
+        let from_file = std::fs::read(self.boot_dir.join("device-type.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("slug")?.as_str().map(str::to_string));
+        from_file.or_else(|| {
+            self.read_config_json()
+                .ok()?
+                .get("deviceType")?
+                .as_str()
+                .map(str::to_string)
+        })
+    }
+
     /// Sets config.json `hostname`, keeping every other key as it was; atomic.
     pub fn write_hostname(&self, hostname: &str) -> Result<(), ConfigFileError> {
         let mut doc = self.read_config_json()?;

@@ -52,6 +52,8 @@ pub struct ApiState {
     pub store: helios_actors::ports::store::Store,
     /// Whether a remote is configured (managed device).
     pub managed: bool,
+    /// The device type slug (configured, or balenaOS's boot partition), when known.
+    pub device_type: Option<String>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -68,7 +70,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(actions::routes)
         .configure(host::routes)
         .configure(v1::routes)
-        .configure(v2::routes);
+        .configure(v2::routes)
+        .default_service(web::to(unknown_route));
+}
+
+/// Unknown paths: 404, but the device API authenticates first (spec/device-api.md §1), so
+/// without a valid key outside `/v3` the answer is 401.
+async fn unknown_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::FromRequest;
+    if !req.path().starts_with("/v3/") {
+        let caller = auth::Caller::extract(&req).await;
+        if let Err(e) = caller {
+            return actix_web::ResponseError::error_response(&e);
+        }
+    }
+    actix_web::HttpResponse::NotFound().finish()
 }
 
 #[derive(Debug, thiserror::Error)]

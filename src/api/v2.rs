@@ -646,14 +646,25 @@ pub(super) fn balena_arch(rust_arch: &str) -> &str {
 }
 
 /// `GET /v2/local/device-info` → 500: helios is not told the device type.
-async fn device_info(_caller: Caller) -> Result<HttpResponse, ApiError> {
-    Err(failed(
-        500,
-        format!(
-            "Device type is not known to helios (arch {})",
-            balena_arch(std::env::consts::ARCH)
-        ),
-    ))
+/// `GET /v2/local/device-info`: the architecture and the device type, when helios knows it
+/// (configured, or balenaOS's boot partition); 500 in the envelope otherwise.
+async fn device_info(
+    state: web::Data<ApiState>,
+    _caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let arch = balena_arch(std::env::consts::ARCH);
+    match &state.device_type {
+        Some(t) => Ok(HttpResponse::Ok().json(json!({
+            "status": "success",
+            "info": {"arch": arch, "deviceType": t},
+        }))),
+        None => Err(failed(
+            500,
+            format!(
+                "Device type is not known to helios (arch {arch}): set provisioning.device_type"
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,15 @@ fn a_configured_key_guards_the_device_api_and_can_be_regenerated() {
     assert_eq!(agent.get("/v3/status").status, 200);
     assert_ne!(agent.get("/v1/healthy").status, 401);
 
+    // Unknown paths: authentication first (401), then 404; unknown /v3 paths are 404.
+    assert_eq!(status_with(&agent, "/v2/nope", &[]), 401);
+    assert_eq!(status_with(&agent, "/nope", &[]), 401);
+    assert_eq!(
+        status_with(&agent, &format!("/v2/nope?apikey={KEY}"), &[]),
+        404
+    );
+    assert_eq!(status_with(&agent, "/v3/nope", &[]), 404);
+
     // Protected: no key, a wrong key, a key in the wrong place or shape.
     let bearer = format!("Bearer {KEY}");
     let (status, body) = request(agent.addr, "POST", REGENERATE, &[]);
@@ -303,4 +312,41 @@ fn in_front_of_a_legacy_supervisor_no_api_secret_is_reported() {
     );
     // Still managed: keys are required.
     assert_eq!(status_with(&agent, "/v2/version", &[]), 401);
+}
+
+#[test]
+fn device_info_tells_the_device_type_from_config_or_the_boot_partition() {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "aarch64",
+        other => other,
+    };
+    // Configured.
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        AgentOpts::new(home.path()).env("HELIOS_PROVISIONING_DEVICE_TYPE", "generic-amd64"),
+    );
+    let r = agent.get("/v2/local/device-info");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"status": "success", "info": {"arch": arch, "deviceType": "generic-amd64"}})
+    );
+    drop(agent);
+
+    // balenaOS: the boot partition's device-type.json.
+    let home = tempfile::tempdir().unwrap();
+    let boot = tempfile::tempdir().unwrap();
+    std::fs::write(
+        boot.path().join("device-type.json"),
+        r#"{"slug": "raspberrypi4-64", "arch": "aarch64"}"#,
+    )
+    .unwrap();
+    let agent = Agent::start(
+        AgentOpts::new(home.path()).env("BOOT_MOUNTPOINT", boot.path().display().to_string()),
+    );
+    assert_eq!(
+        agent.get("/v2/local/device-info").json()["info"]["deviceType"],
+        "raspberrypi4-64"
+    );
 }
