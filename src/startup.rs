@@ -230,6 +230,9 @@ pub async fn run(
         host_config_patch: host.clone().recipient(),
         seek_cleanup: seek.clone().recipient(),
         poll: remote_settings.is_some().then(|| poll.clone().recipient()),
+        report_tags: remote_settings
+            .is_some()
+            .then(|| report.clone().recipient()),
         remote: remote_bus.clone(),
         keys,
         store: store.clone(),

@@ -359,6 +359,30 @@ impl Cloud {
         Ok(())
     }
 
+    /// PATCH {endpoint}/device/v3/tags with `{uuid: {key: value}}` (spec/state-report-v3.md
+    /// §9). Any 2xx is success.
+    pub async fn patch_tags(
+        &self,
+        api_key: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), CloudError> {
+        let url = format!("{}/device/v3/tags", self.base);
+        let req = self
+            .client
+            .request(Method::PATCH, url)
+            .insert_header((header::AUTHORIZATION, bearer(api_key)?));
+        self.call(
+            "report tags",
+            req,
+            Some(body),
+            SMALL_BODY,
+            &[api_key],
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// POST {endpoint}/device/register with `Authorization: Bearer <provisioning key>`
     /// (spec/registration.md §4). 409 (uuid or key already known) is `CloudError::Conflict`.
     pub async fn register(

@@ -2,11 +2,14 @@
 //! (spec/state-report-v3.md): `PATCH /device/v3/state` with a two-level diff against the last
 //! successful report, `apps` always whole, metrics smoothed and metric-only changes at most
 //! every 5 minutes, at most one attempt per `min_interval`, backoff with `Retry-After`.
-//! Owns: the last successful report (also in the store, so a restart does not resend it).
-//! Handles: current-state and remote-info changes (watch streams), a metrics timer.
+//! Device tags written locally go to `PATCH /device/v3/tags` (tags.rs, spec §9).
+//! Owns: the last successful report (also in the store, so a restart does not resend it), the
+//! tag push schedule.
+//! Handles: current-state and remote-info changes (watch streams), a metrics timer, TagsQueued.
 //! Sends: nothing to other actors.
 //! Restart: reloads the last report from the store; idle when the device is unmanaged.
 pub mod body;
+pub mod tags;
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,22 @@ pub const LAST_REPORT_KEY: &str = "report/last";
 const METRICS_EVERY: Duration = Duration::from_secs(300);
 /// First failure backoff (spec §6).
 const BACKOFF_MIN: Duration = Duration::from_secs(15);
+/// At most one tags PATCH this often (spec §9).
+const TAGS_EVERY: Duration = Duration::from_secs(10);
+
+/// Sent by the API after `PATCH /v2/device/tags` stored new pending tags.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct TagsQueued;
+
+/// When and how the pending tags are pushed.
+#[derive(Default)]
+struct TagPush {
+    timer: Option<SpawnHandle>,
+    in_flight: bool,
+    last_attempt: Option<Instant>,
+    failures: u32,
+}
 
 /// Everything ReportActor needs.
 #[derive(Clone)]
@@ -57,6 +76,7 @@ pub struct ReportActor {
     in_flight: bool,
     timer: Option<SpawnHandle>,
     failures: u32,
+    tags: TagPush,
 }
 
 impl ReportActor {
@@ -72,7 +92,78 @@ impl ReportActor {
             in_flight: false,
             timer: None,
             failures: 0,
+            tags: TagPush::default(),
         }
+    }
+
+    /// Pushes the pending tags now, or when the 10-s window or a backoff allows.
+    fn push_tags(&mut self, delay: Option<Duration>, ctx: &mut Context<Self>) {
+        let (Some(cloud), Some(remote)) = (self.cloud.clone(), self.deps.remote.clone()) else {
+            return;
+        };
+        if self.tags.in_flight {
+            return;
+        }
+        let window = self
+            .tags
+            .last_attempt
+            .map(|t| TAGS_EVERY.saturating_sub(t.elapsed()))
+            .unwrap_or_default();
+        let wait = delay.unwrap_or_default().max(window);
+        if !wait.is_zero() {
+            if self.tags.timer.is_none() {
+                self.tags.timer = Some(ctx.run_later(wait, |a, ctx| {
+                    a.tags.timer = None;
+                    a.push_tags(None, ctx);
+                }));
+            }
+            return;
+        }
+        let Some(key) = self.deps.remote_bus.get().api_key else {
+            return;
+        };
+        let send = match tags::to_send(&self.deps.store) {
+            Ok(t) if t.is_empty() => return,
+            Ok(t) => t,
+            Err(e) => {
+                warn!(actor = "report", error:% = ErrorChain(&e), decision = "skip"; "Pending tags unreadable");
+                return;
+            }
+        };
+        let body = Value::Object(Map::from_iter([(
+            remote.uuid.clone(),
+            Value::Object(send.clone()),
+        )]));
+        self.tags.in_flight = true;
+        self.tags.last_attempt = Some(Instant::now());
+        ctx.spawn(
+            async move { cloud.patch_tags(key.expose(), &body).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.tags.in_flight = false;
+                    match res {
+                        Ok(()) => {
+                            act.tags.failures = 0;
+                            info!(actor = "report", tags = send.len(), decision = "sent"; "Device tags reported");
+                            if let Err(e) = tags::settle(&act.deps.store, &send) {
+                                warn!(actor = "report", error:% = ErrorChain(&e), decision = "continue"; "Reported tags not stored");
+                            }
+                            // Tags queued meanwhile go out after the window.
+                            act.push_tags(None, ctx);
+                        }
+                        Err(e) => {
+                            let cap = remote.poll_interval.max(BACKOFF_MIN);
+                            let delay = e.retry_after().map(|d| d.min(cap)).unwrap_or_else(|| {
+                                BACKOFF_MIN.saturating_mul(1u32 << act.tags.failures.min(16)).min(cap)
+                            });
+                            act.tags.failures += 1;
+                            warn!(actor = "report", attempt = act.tags.failures, delay_ms = delay.as_millis() as u64,
+                                error:% = ErrorChain(&e), decision = "retry"; "Device tags report failed");
+                            act.push_tags(Some(delay), ctx);
+                        }
+                    }
+                }),
+        );
     }
 
     fn later(&mut self, delay: Duration, ctx: &mut Context<Self>) {
@@ -216,6 +307,9 @@ impl Resumable for ReportActor {
             .and_then(|v| v.as_object().cloned());
         self.in_flight = false;
         self.timer = None;
+        self.tags = TagPush::default();
+        // Tags queued before a restart go out now.
+        self.push_tags(None, ctx);
         ctx.add_stream(WatchStream::new(self.deps.state.subscribe()));
         ctx.add_stream(WatchStream::new(self.deps.remote_bus.subscribe()));
         if let Some(keys) = &self.deps.keys {
@@ -240,6 +334,8 @@ impl StreamHandler<std::sync::Arc<crate::model::CurrentState>> for ReportActor {
 impl StreamHandler<crate::model::RemoteInfo> for ReportActor {
     fn handle(&mut self, _: crate::model::RemoteInfo, ctx: &mut Context<Self>) {
         self.report(ctx);
+        // The device key may have just become known.
+        self.push_tags(None, ctx);
     }
 
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
@@ -252,4 +348,12 @@ impl StreamHandler<Option<crate::Secret>> for ReportActor {
     }
 
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+impl actix::Handler<TagsQueued> for ReportActor {
+    type Result = ();
+
+    fn handle(&mut self, _: TagsQueued, ctx: &mut Context<Self>) {
+        self.push_tags(None, ctx);
+    }
 }

@@ -7,7 +7,7 @@
 //! model keeps release uuids and image references only). `GET /v2/applications/:appId/state`
 //! therefore keys services by service id instead of image id.
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
 use log::{info, warn};
@@ -15,7 +15,6 @@ use serde_json::{json, Map, Value};
 
 use helios_actors::model::device::{Device, DeviceTarget};
 use helios_actors::model::{CurrentState, RemoteInfo, UpdateStatus};
-use helios_actors::ports::store::Durability;
 use helios_actors::ErrorChain;
 
 use super::auth::Caller;
@@ -40,9 +39,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v2/local/target-state", web::post().to(post_local_target))
         .route("/v2/local/device-info", web::get().to(device_info));
 }
-
-/// The store key of device tags written locally and not yet sent (state-report-v3.md §9).
-pub const PENDING_TAGS_KEY: &str = "tags/pending";
 
 /// The spec's JSON failure envelope.
 pub(super) fn failed(status: u16, message: impl Into<String>) -> ApiError {
@@ -492,10 +488,8 @@ pub(super) fn parse_tags(body: &[u8]) -> Result<Map<String, Value>, String> {
     Ok(tags)
 }
 
-/// Serialises the read-modify-write of the pending tags.
-static TAGS: Mutex<()> = Mutex::new(());
-
-/// `PATCH /v2/device/tags` → 202: the tags are merged into the pending ones in the store.
+/// `PATCH /v2/device/tags` → 202: the tags are merged into the pending ones in the store;
+/// ReportActor pushes them to the cloud (works offline; pending tags survive restarts).
 async fn patch_tags(
     state: web::Data<ApiState>,
     _caller: Caller,
@@ -504,20 +498,15 @@ async fn patch_tags(
     let tags = parse_tags(&body).map_err(|m| failed(400, m))?;
     let store = state.store.clone();
     let count = tags.len();
-    let stored = web::block(move || {
-        let _guard = TAGS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pending = match store.get_json(PENDING_TAGS_KEY)? {
-            Some(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        pending.extend(tags);
-        store.put_json(PENDING_TAGS_KEY, &Value::Object(pending), Durability::Flush)
-    })
-    .await
-    .map_err(|e| failed(500, format!("tags not stored: {e}")))?;
+    let stored = web::block(move || helios_actors::report::tags::queue(&store, tags))
+        .await
+        .map_err(|e| failed(500, format!("tags not stored: {e}")))?;
     match stored {
         Ok(()) => {
             info!(tags = count, decision = "queue", reason = "PATCH /v2/device/tags"; "Device tags stored");
+            if let Some(r) = &state.report_tags {
+                r.do_send(helios_actors::report::TagsQueued);
+            }
             Ok(HttpResponse::Accepted().json(json!({"status": "success"})))
         }
         Err(e) => {

@@ -9,3 +9,4 @@ mod fake_cloud_selftest;
 mod infra_smoke;
 mod lifecycle;
 mod support;
+mod tags;

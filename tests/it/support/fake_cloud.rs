@@ -26,6 +26,8 @@ pub enum Route {
     Target,
     /// `PATCH /device/v3/state`
     Report,
+    /// `PATCH /device/v3/tags`
+    Tags,
     /// Anything else (answered 404).
     Other,
 }
@@ -334,6 +336,7 @@ fn route_of(method: &str, path: &str) -> Route {
         ("POST", ["api-key", "device", _, "device-key"]) => Route::KeyExchange,
         ("GET", ["device", "v3", _, "state"]) => Route::Target,
         ("PATCH", ["device", "v3", "state"]) => Route::Report,
+        ("PATCH", ["device", "v3", "tags"]) => Route::Tags,
         _ => Route::Other,
     }
 }
@@ -478,6 +481,7 @@ fn answer(s: &mut State, route: Route, req: &HttpRequest, body: &[u8]) -> HttpRe
             get_target(s, key.as_deref(), &uuid, req)
         }
         Route::Report => patch_state(s, key.as_deref(), body),
+        Route::Tags => patch_tags(s, key.as_deref(), body),
         Route::Any | Route::Other => text(S::NOT_FOUND, "Not Found"),
     }
 }
@@ -671,6 +675,23 @@ fn get_target(s: &State, key: Option<&str>, uuid: &str, req: &HttpRequest) -> Ht
 }
 
 /// state-report-v3.md §1-§2.
+/// state-report-v3.md §9: `{uuid: {key: value}}` from that device; 400 for no tags.
+fn patch_tags(s: &mut State, key: Option<&str>, body: &[u8]) -> HttpResponse {
+    use actix_web::http::StatusCode as S;
+    let Some(Who::Device(i)) = who(s, key) else {
+        return text(S::UNAUTHORIZED, "Unauthorized");
+    };
+    let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {
+        return text(S::BAD_REQUEST, "invalid JSON");
+    };
+    match top.get(&s.devices[i].uuid) {
+        Some(Value::Object(tags)) if !tags.is_empty() && tags.values().all(Value::is_string) => {
+            HttpResponse::Ok().finish()
+        }
+        _ => text(S::BAD_REQUEST, "No tags were sent to be updated."),
+    }
+}
+
 fn patch_state(s: &mut State, key: Option<&str>, body: &[u8]) -> HttpResponse {
     use actix_web::http::StatusCode as S;
     let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {

@@ -1,0 +1,104 @@
+//! Device tags written with `PATCH /v2/device/tags` reach the fake cloud as
+//! `PATCH /device/v3/tags` (spec/state-report-v3.md §9): only changed values, batched, retried
+//! after a failure, and still sent after a restart.
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::agent::{eventually, http, Agent, AgentOpts};
+use crate::support::fake_cloud::{FakeCloud, Fault, Route};
+
+const UUID: &str = "tags-device-1";
+const KEY: &str = "device-key-tags";
+
+fn sent(cloud: &FakeCloud) -> Vec<Value> {
+    cloud
+        .requests()
+        .into_iter()
+        .filter(|r| r.route == Route::Tags && r.answered == Some(200))
+        .filter_map(|r| r.json())
+        .collect()
+}
+
+fn patch(agent: &Agent, tags: &str) {
+    let r = http(
+        agent.addr,
+        "PATCH",
+        &format!("/v2/device/tags?apikey={KEY}"),
+        Some(("application/json", tags)),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+}
+
+#[test]
+fn local_tags_are_pushed_once_changed_and_survive_failures_and_restarts() {
+    let cloud = FakeCloud::start();
+    cloud.add_fleet(1, "p");
+    cloud.add_device(UUID, KEY, 1);
+    cloud.set_target(UUID, json!({"name": "tagged", "config": {}, "apps": {}}));
+    let home = tempfile::tempdir().unwrap();
+    let start = || {
+        Agent::start(
+            AgentOpts::new(home.path())
+                .arg("--uuid")
+                .arg(UUID)
+                .arg("--remote-api-endpoint")
+                .arg(cloud.url.clone())
+                .arg("--remote-api-key")
+                .arg(KEY)
+                .arg("--device-api-key")
+                .arg(KEY),
+        )
+    };
+    let agent = start();
+    patch(&agent, r#"{"room": "hall", "floor": "2"}"#);
+    let first = eventually(Duration::from_secs(20), || sent(&cloud).into_iter().next())
+        .expect("tags pushed");
+    assert_eq!(first, json!({UUID: {"room": "hall", "floor": "2"}}));
+
+    // Only what changed goes out; a tag set to its reported value is not sent again.
+    patch(&agent, r#"{"room": "hall", "desk": "7"}"#);
+    let second =
+        eventually(Duration::from_secs(30), || sent(&cloud).get(1).cloned()).expect("second push");
+    assert_eq!(second, json!({UUID: {"desk": "7"}}));
+
+    // The cloud fails: retried; while the agent is down the tag waits in the store.
+    cloud.inject(
+        Route::Tags,
+        1,
+        Fault::Status {
+            status: 503,
+            retry_after: Some(Duration::from_secs(1)),
+        },
+    );
+    patch(&agent, r#"{"floor": "3"}"#);
+    let third = eventually(Duration::from_secs(40), || sent(&cloud).get(2).cloned())
+        .expect("pushed after the failure");
+    assert_eq!(third, json!({UUID: {"floor": "3"}}));
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("Device tags report failed")));
+    drop(agent);
+
+    cloud.inject(
+        Route::Tags,
+        100,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let agent = start();
+    patch(&agent, r#"{"room": "attic"}"#);
+    drop(agent); // killed before the cloud took it
+    cloud.clear_faults();
+    let agent = start();
+    let fourth = eventually(Duration::from_secs(30), || sent(&cloud).get(3).cloned())
+        .expect("pending tag sent after the restart");
+    assert_eq!(fourth, json!({UUID: {"room": "attic"}}));
+    assert!(
+        !agent.logs().iter().any(|l| l.contains(KEY)),
+        "no key in the log"
+    );
+}
