@@ -1,6 +1,7 @@
 //! Tests that drive the test engine (run one at a time: nextest test group `engine`).
 mod actions;
 mod apply;
+mod crash;
 mod device_api;
 mod faults;
 pub mod infra_smoke;
