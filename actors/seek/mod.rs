@@ -228,10 +228,7 @@ impl SeekActor {
         ctx.add_stream(engine.events());
         self.engine = Some(engine);
         // Resume the target that arrived (or was stored) while the engine was missing.
-        match self.target.clone() {
-            Some(t) => self.start_apply(t, Cause::Target, ctx),
-            None => self.check_drift(ctx),
-        }
+        self.resume(ctx);
         ctx.run_interval(PERIODIC_CHECK, |a, ctx| {
             if a.applying.is_none() {
                 a.check_drift(ctx);
@@ -381,6 +378,14 @@ impl SeekActor {
                 a.start_apply(t, Cause::Retry, ctx);
             }
         }));
+    }
+
+    /// Seeks the current target again, unless it was given up (then only re-reads the engine).
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        match self.target.clone() {
+            Some(t) if self.given_up.is_none() => self.start_apply(t, Cause::Target, ctx),
+            _ => self.check_drift(ctx),
+        }
     }
 
     /// Re-reads the engine and re-applies the target if the device drifted from it.
@@ -666,9 +671,7 @@ impl Handler<RunAction> for SeekActor {
         actix::AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, ctx| {
             act.deps.locks.release_all();
             // Seek the target again: it re-creates what the action removed.
-            if let Some(t) = act.target.clone() {
-                act.start_apply(t, Cause::Target, ctx);
-            }
+            act.resume(ctx);
             res
         })))
     }
@@ -718,5 +721,60 @@ impl Handler<PreviewPlan> for SeekActor {
             }
             .into_actor(self),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_is_transient;
+    use crate::ports::engine::EngineError;
+    use crate::ports::locks::LockError;
+    use crate::seek::plan::StepError;
+
+    fn workflow_error(e: StepError) -> mahler::error::Error {
+        mahler::error::Error::runtime(e)
+    }
+
+    fn engine_status(status_code: u16) -> StepError {
+        StepError::Engine(EngineError::Call {
+            call: "pull image",
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: "manifest unknown".into(),
+            },
+        })
+    }
+
+    /// Only failures of the release count toward `max_attempts`.
+    #[test]
+    fn environment_faults_do_not_count_toward_giving_up() {
+        let transient = [
+            engine_status(500),
+            StepError::Engine(EngineError::Pull {
+                image: "a".into(),
+                message: "unexpected EOF".into(),
+            }),
+            StepError::Locked(LockError::Locked {
+                app: "a".into(),
+                path: "/tmp/updates.lock".into(),
+            }),
+        ];
+        for e in transient {
+            let shown = e.to_string();
+            assert!(error_is_transient(&workflow_error(e)), "{shown}");
+        }
+        let counted = [
+            engine_status(404),
+            engine_status(400),
+            StepError::Timeout("db did not reach ServiceHealthy".into()),
+        ];
+        for e in counted {
+            let shown = e.to_string();
+            assert!(!error_is_transient(&workflow_error(e)), "{shown}");
+        }
+        // An error of the planner itself (no step error inside) counts.
+        assert!(!error_is_transient(&mahler::error::Error::runtime(
+            "sensor conflict"
+        )));
     }
 }
