@@ -79,6 +79,10 @@ pub struct Flags {
     #[arg(long, global = true, value_name = "MS")]
     pub local_retry_interval_ms: Option<u64>,
 
+    /// Failed attempts of the same target before it is given up, 0 = never [env: HELIOS_MAX_APPLY_ATTEMPTS] [default: 10]
+    #[arg(long, global = true, value_name = "N")]
+    pub max_apply_attempts: Option<u32>,
+
     /// Legacy supervisor API endpoint (turns on the proxy) [env: HELIOS_LEGACY_API_ENDPOINT]
     #[arg(long, global = true, value_name = "URI")]
     pub legacy_api_endpoint: Option<String>,

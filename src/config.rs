@@ -99,7 +99,7 @@ layer_struct!(
 );
 layer_struct!(
     /// `[seek]`: the apply loop.
-    SeekLayer { local_retry_interval_ms: u64 }
+    SeekLayer { local_retry_interval_ms: u64, max_attempts: u32 }
 );
 layer_struct!(
     /// `[store]`: the sled store.
@@ -185,6 +185,7 @@ impl Layer {
             },
             seek: SeekLayer {
                 local_retry_interval_ms: Some(30_000),
+                max_attempts: Some(10),
             },
             store: StoreLayer {
                 dir: None,
@@ -258,6 +259,7 @@ pub fn flags_layer(f: &Flags) -> Layer {
         },
         seek: SeekLayer {
             local_retry_interval_ms: f.local_retry_interval_ms,
+            max_attempts: f.max_apply_attempts,
         },
         store: StoreLayer {
             dir: f.state_dir.clone(),
@@ -339,6 +341,7 @@ pub fn env_layer(env: &Env) -> Result<Layer, ConfigError> {
         },
         seek: SeekLayer {
             local_retry_interval_ms: env_num(env, "HELIOS_LOCAL_RETRY_INTERVAL_MS")?,
+            max_attempts: env_num(env, "HELIOS_MAX_APPLY_ATTEMPTS")?,
         },
         store: StoreLayer {
             dir: env_str(env, "HELIOS_STATE_DIR").map(PathBuf::from),
@@ -802,6 +805,7 @@ fn build(
         engine,
         seek: helios_actors::seek::SeekSettings {
             local_retry_interval: ms(l.seek.local_retry_interval_ms),
+            max_attempts: l.seek.max_attempts.unwrap_or_default(),
         },
         store,
         supervision,

@@ -130,6 +130,12 @@ pub enum StoreError {
     },
     #[error("store key {key:?} is reserved for the target, use put_target")]
     ReservedKey { key: String },
+    #[error("no space left on device for the store at {}: {available} bytes free, {needed} needed", .path.display())]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
 }
 
 impl StoreError {
@@ -139,7 +145,7 @@ impl StoreError {
             StoreError::Open { source, .. }
             | StoreError::Access { source, .. }
             | StoreError::Flush { source } => sled_is_transient(source),
-            StoreError::Locked { .. } => true,
+            StoreError::Locked { .. } | StoreError::NoSpace { .. } => true,
             StoreError::Migrate { source, .. } => match source {
                 MigrationError::Sled(e) => sled_is_transient(e),
                 _ => false,
@@ -197,6 +203,7 @@ impl Store {
                 stored_at_ms: now_ms(),
             };
             let bytes = serde_json::to_vec(&envelope).expect("a StoredTarget always serializes");
+            self.check_space(bytes.len())?;
             self.state
                 .insert(TARGET_KEY, bytes)
                 .map_err(access(TARGET_KEY))?;
@@ -233,6 +240,7 @@ impl Store {
         let bytes = serde_json::to_vec(v).expect("a serde_json::Value always serializes");
         let old = self.state.get(key).map_err(access(key))?;
         if old.as_deref() != Some(bytes.as_slice()) {
+            self.check_space(bytes.len())?;
             self.state.insert(key, bytes).map_err(access(key))?;
         }
         match durability {
@@ -267,6 +275,41 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Refuses a write of `len` bytes when the store's filesystem has less than twice that plus
+    /// [`SPACE_MARGIN`] free. sled 0.34 cannot recover from a write that fails with ENOSPC (its
+    /// log stalls and later calls block), so a full disk must be detected before sled sees it.
+    fn check_space(&self, len: usize) -> Result<(), StoreError> {
+        let needed = len as u64 * 2 + SPACE_MARGIN;
+        match free_bytes(&self.path) {
+            Some(available) if available < needed => Err(StoreError::NoSpace {
+                path: self.path.to_path_buf(),
+                needed,
+                available,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Free space a write must leave: two of sled's 512 KiB log segments.
+const SPACE_MARGIN: u64 = 1 << 20;
+
+/// Bytes available to unprivileged writers on the filesystem holding `path` (None: unknown).
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs buffer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    // c_ulong / fsblkcnt_t: u32 on 32-bit devices, u64 here.
+    #[allow(clippy::unnecessary_cast)]
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn access(key: &str) -> impl FnOnce(sled::Error) -> StoreError + '_ {

@@ -45,6 +45,8 @@ pub use messages::{
 pub struct SeekSettings {
     /// Pause before re-planning after a failed apply.
     pub local_retry_interval: Duration,
+    /// Failed attempts of the same target after which it is given up (0: never).
+    pub max_attempts: u32,
 }
 
 /// Everything SeekActor needs besides its peers.
@@ -92,6 +94,12 @@ pub struct SeekActor {
     reboot_requested: bool,
     drift_check: Option<SpawnHandle>,
     attempt: u32,
+    /// Failed attempts of the current target that count toward `max_attempts` (faults of the
+    /// environment do not count).
+    failures: u32,
+    /// The target given up after `max_attempts` failures: not retried until the target
+    /// changes or a forced re-apply asks.
+    given_up: Option<Arc<serde_json::Value>>,
     status: UpdateStatus,
 }
 
@@ -130,10 +138,35 @@ impl std::fmt::Display for Cause {
 enum Outcome {
     /// Reached the target.
     Done,
-    /// Some step failed; retry after the interval.
-    Failed(String),
+    /// Some step failed; retry after the interval. `transient`: only faults of the
+    /// environment (engine or registry unreachable, update lock, full disk), which do not
+    /// count toward `max_attempts`.
+    Failed { reason: String, transient: bool },
     /// No workflow reaches the target.
     NoPlan,
+}
+
+impl Outcome {
+    fn transient(reason: String) -> Outcome {
+        Outcome::Failed {
+            reason,
+            transient: true,
+        }
+    }
+
+    fn permanent(reason: String) -> Outcome {
+        Outcome::Failed {
+            reason,
+            transient: false,
+        }
+    }
+}
+
+/// Whether a workflow error is a fault of the environment (see [`plan::StepError::is_transient`]).
+fn error_is_transient(e: &mahler::error::Error) -> bool {
+    e.source()
+        .and_then(|b| b.downcast_ref::<plan::StepError>())
+        .is_some_and(|s| s.is_transient())
 }
 
 impl SeekActor {
@@ -152,6 +185,8 @@ impl SeekActor {
             reboot_requested: false,
             drift_check: None,
             attempt: 0,
+            failures: 0,
+            given_up: None,
             status: UpdateStatus::Done,
         }
     }
@@ -201,10 +236,7 @@ impl SeekActor {
         ctx.add_stream(engine.events());
         self.engine = Some(engine);
         // Resume the target that arrived (or was stored) while the engine was missing.
-        match self.target.clone() {
-            Some(t) => self.start_apply(t, Cause::Target, ctx),
-            None => self.check_drift(ctx),
-        }
+        self.resume(ctx);
         ctx.run_interval(PERIODIC_CHECK, |a, ctx| {
             if a.applying.is_none() {
                 a.check_drift(ctx);
@@ -212,8 +244,24 @@ impl SeekActor {
         });
     }
 
-    /// A new target: apply now, interrupt the running apply, or queue behind it.
+    /// A new target: apply now, interrupt the running apply, or queue behind it. A target that
+    /// was given up is not retried unless it changed or `force` asks.
     fn on_target(&mut self, req: Arc<TargetRequest>, ctx: &mut Context<Self>) {
+        let given_up = self.given_up.as_ref().is_some_and(|g| *g == req.target);
+        if given_up && !req.force {
+            info!(seq = req.seq, source:% = req.source, attempts = self.failures, decision = "skip",
+                reason = "this target was given up: it is retried when it changes or on a forced update";
+                "Target not retried");
+            self.target = Some(req.clone());
+            self.deps.state.update(|c| c.seq = req.seq);
+            self.set_status(UpdateStatus::Aborted);
+            return;
+        }
+        let same = self.target.as_ref().is_some_and(|t| t.target == req.target);
+        if !same || req.force || self.given_up.is_some() {
+            self.failures = 0;
+            self.given_up = None;
+        }
         if self.applying.is_some() {
             if req.cancel {
                 info!(seq = req.seq, source:% = req.source, decision = "interrupt",
@@ -284,20 +332,34 @@ impl SeekActor {
             self.start_apply(next, Cause::Target, ctx);
             return;
         }
-        match outcome {
+        let reason = match outcome {
             Outcome::Done => {
                 self.attempt = 0;
+                self.failures = 0;
                 self.set_status(UpdateStatus::Done);
                 self.reboot_if_scheduled(ctx);
+                return;
             }
             Outcome::NoPlan => {
                 self.set_status(UpdateStatus::Aborted);
-                self.schedule_retry(ctx);
+                self.failures += 1;
+                "no sequence of steps reaches the target".to_string()
             }
-            Outcome::Failed(reason) => {
-                debug!(reason:% = reason, decision = "retry"; "Apply failed");
-                self.schedule_retry(ctx);
+            Outcome::Failed { reason, transient } => {
+                debug!(reason:% = reason, transient, decision = "retry"; "Apply failed");
+                if transient {
+                    self.schedule_retry(ctx);
+                    return;
+                }
+                self.failures += 1;
+                reason
             }
+        };
+        let max = self.deps.settings.max_attempts;
+        if max > 0 && self.failures >= max {
+            self.give_up(reason);
+        } else {
+            self.schedule_retry(ctx);
         }
     }
 
@@ -331,6 +393,20 @@ impl SeekActor {
         }));
     }
 
+    /// `max_attempts` failures of the same target: stop retrying it. What runs stays as the
+    /// failed attempts left it; the status is `aborted` until the target changes or a forced
+    /// re-apply asks.
+    fn give_up(&mut self, reason: String) {
+        let Some(t) = self.target.clone() else {
+            return;
+        };
+        error!(seq = t.seq, attempts = self.failures, error:% = reason, decision = "give_up",
+            reason = "the target failed max_attempts times; retried when it changes or on a forced update";
+            "Target given up");
+        self.given_up = Some(t.target.clone());
+        self.set_status(UpdateStatus::Aborted);
+    }
+
     fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
         let delay = self.deps.settings.local_retry_interval;
         info!(attempt = self.attempt, delay_ms = delay.as_millis() as u64, decision = "retry",
@@ -343,24 +419,34 @@ impl SeekActor {
         }));
     }
 
+    /// Seeks the current target again, unless it was given up (then only re-reads the engine).
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        match self.target.clone() {
+            Some(t) if self.given_up.is_none() => self.start_apply(t, Cause::Target, ctx),
+            _ => self.check_drift(ctx),
+        }
+    }
+
     /// Re-reads the engine and re-applies the target if the device drifted from it.
     fn check_drift(&mut self, ctx: &mut Context<Self>) {
         if self.applying.is_some() || self.retry.is_some() {
             return;
         }
         match self.target.clone() {
-            Some(t) => {
+            Some(t) if self.given_up.is_none() => {
                 debug!(decision = "check", reason = "engine changed or periodic check"; "Checking for drift");
                 self.start_apply(t, Cause::Drift, ctx);
             }
-            None => {
-                // No target yet: just publish what the engine holds.
+            t => {
+                // No target yet, or it was given up: just publish what the engine holds.
                 let Some(engine) = self.engine.clone() else {
                     return;
                 };
                 let deps = self.deps.clone();
+                let target: Option<DeviceTarget> =
+                    t.and_then(|t| serde_json::from_value((*t.target).clone()).ok());
                 ctx.spawn(
-                    async move { read_and_publish(&engine, &deps, None).await }
+                    async move { read_and_publish(&engine, &deps, target.as_ref()).await }
                         .into_actor(self)
                         .map(|res, act, ctx| {
                             if let Err(e) = res {
@@ -420,7 +506,7 @@ async fn apply(
     let started = Instant::now();
     let (current, images) = match read_and_publish(&engine, &deps, Some(&target)).await {
         Ok(d) => d,
-        Err(e) => return Outcome::Failed(format!("reading the engine: {}", ErrorChain(&e))),
+        Err(e) => return Outcome::transient(format!("reading the engine: {}", ErrorChain(&e))),
     };
     // The planner's target adds the images and the kept volumes; readers see the target itself.
     let mut prepared = current::prepare_target(target.clone(), &current);
@@ -450,7 +536,7 @@ async fn apply(
     });
     let worker = match worker.initial_state(current.clone()) {
         Ok(w) => w,
-        Err(e) => return Outcome::Failed(format!("model: {e}")),
+        Err(e) => return Outcome::permanent(format!("model: {e}")),
     };
     let plan_started = Instant::now();
     // Planning is CPU work that grows with the device: keep it off the actors' thread.
@@ -461,7 +547,7 @@ async fn apply(
     .await;
     let (worker, found) = match planned {
         Ok(p) => p,
-        Err(e) => return Outcome::Failed(format!("planning task: {e}")),
+        Err(e) => return Outcome::permanent(format!("planning task: {e}")),
     };
     let workflow = match found {
         Ok(Some(wf)) => wf,
@@ -503,17 +589,21 @@ async fn apply(
             Some(Ok(WorkerEvent::WorkflowFinished(WorkflowStatus::Aborted(errs)))) => {
                 let reason = errs
                     .iter()
-                    .map(|e| e.to_string())
+                    .map(|e| match e.source() {
+                        Some(src) => ErrorChain(src.as_ref()).to_string(),
+                        None => e.to_string(),
+                    })
                     .collect::<Vec<_>>()
                     .join("; ");
-                warn!(seq = req.seq, attempt, error:% = reason, decision = "retry"; "Apply failed");
-                break Outcome::Failed(reason);
+                let transient = errs.iter().all(error_is_transient);
+                warn!(seq = req.seq, attempt, transient, error:% = reason, decision = "retry"; "Apply failed");
+                break Outcome::Failed { reason, transient };
             }
             Some(Err(e)) => {
                 error!(seq = req.seq, error:% = e, decision = "retry"; "Apply error");
-                break Outcome::Failed(e.to_string());
+                break Outcome::permanent(e.to_string());
             }
-            None => break Outcome::Failed("workflow ended without a result".into()),
+            None => break Outcome::permanent("workflow ended without a result".into()),
         }
     };
     // Re-read so the published state is the engine's, not the planner's belief.
@@ -632,9 +722,7 @@ impl Handler<RunAction> for SeekActor {
         actix::AtomicResponse::new(Box::pin(fut.into_actor(self).map(|res, act, ctx| {
             act.deps.locks.release_all();
             // Seek the target again: it re-creates what the action removed.
-            if let Some(t) = act.target.clone() {
-                act.start_apply(t, Cause::Target, ctx);
-            }
+            act.resume(ctx);
             res
         })))
     }
@@ -684,5 +772,60 @@ impl Handler<PreviewPlan> for SeekActor {
             }
             .into_actor(self),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_is_transient;
+    use crate::ports::engine::EngineError;
+    use crate::ports::locks::LockError;
+    use crate::seek::plan::StepError;
+
+    fn workflow_error(e: StepError) -> mahler::error::Error {
+        mahler::error::Error::runtime(e)
+    }
+
+    fn engine_status(status_code: u16) -> StepError {
+        StepError::Engine(EngineError::Call {
+            call: "pull image",
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: "manifest unknown".into(),
+            },
+        })
+    }
+
+    /// Only failures of the release count toward `max_attempts`.
+    #[test]
+    fn environment_faults_do_not_count_toward_giving_up() {
+        let transient = [
+            engine_status(500),
+            StepError::Engine(EngineError::Pull {
+                image: "a".into(),
+                message: "unexpected EOF".into(),
+            }),
+            StepError::Locked(LockError::Locked {
+                app: "a".into(),
+                path: "/tmp/updates.lock".into(),
+            }),
+        ];
+        for e in transient {
+            let shown = e.to_string();
+            assert!(error_is_transient(&workflow_error(e)), "{shown}");
+        }
+        let counted = [
+            engine_status(404),
+            engine_status(400),
+            StepError::Timeout("db did not reach ServiceHealthy".into()),
+        ];
+        for e in counted {
+            let shown = e.to_string();
+            assert!(!error_is_transient(&workflow_error(e)), "{shown}");
+        }
+        // An error of the planner itself (no step error inside) counts.
+        assert!(!error_is_transient(&mahler::error::Error::runtime(
+            "sensor conflict"
+        )));
     }
 }

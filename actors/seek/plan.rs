@@ -52,6 +52,20 @@ pub enum StepError {
     Timeout(String),
 }
 
+impl StepError {
+    /// A fault of the environment rather than of the release (the engine or registry
+    /// unreachable, a user update lock, a full disk): retried without counting toward
+    /// `seek.max_attempts`.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StepError::Engine(e) => e.is_transient(),
+            StepError::Locked(_) => true,
+            StepError::Store(e) => e.is_transient(),
+            StepError::Timeout(_) => false,
+        }
+    }
+}
+
 /// Store key of the app records (id and name of every app, also those without containers).
 pub const APPS_KEY: &str = "apps";
 /// Store key of the images helios pulled (only those are removed when unused).

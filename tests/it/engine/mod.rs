@@ -1,7 +1,9 @@
 //! Tests that drive the test engine (run one at a time: nextest test group `engine`).
 mod actions;
 mod apply;
+mod crash;
 mod device_api;
+mod faults;
 mod host_config;
 pub mod infra_smoke;
 mod power;

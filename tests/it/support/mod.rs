@@ -4,3 +4,4 @@ pub mod fake_cloud;
 pub mod fake_host;
 pub mod infra;
 pub mod relay;
+pub mod tcp_relay;
