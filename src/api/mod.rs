@@ -4,6 +4,7 @@ pub mod actions;
 pub mod auth;
 pub mod error;
 pub mod host;
+pub mod limits;
 pub mod v1;
 pub mod v2;
 pub mod v3;
@@ -98,9 +99,11 @@ pub fn bind(
             .app_data(clock.clone())
             .app_data(web::JsonConfig::default().limit(max_body_bytes))
             .app_data(web::PayloadConfig::default().limit(max_body_bytes))
+            .wrap(actix_web::middleware::from_fn(limits::body_deadline))
             .configure(routes)
     })
     .workers(workers)
+    .client_request_timeout(limits::HEAD_TIMEOUT)
     .disable_signals()
     .shutdown_timeout(2);
     let mut bound = vec![];
