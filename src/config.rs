@@ -847,10 +847,15 @@ fn write_file(path: &Path, layer: &Layer) -> Result<(), ConfigError> {
         std::fs::create_dir_all(dir).map_err(write_err)?;
     }
     let tmp = path.with_extension("toml.tmp");
+    // A leftover temp file (or a link planted there) keeps its mode and owner when reopened:
+    // remove it and create a new file, 0600 from its first byte.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(write_err(e)),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(write_err)?;
