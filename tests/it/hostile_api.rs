@@ -285,7 +285,8 @@ fn malformed_requests_get_4xx_and_the_agent_survives() {
     const THREADS: u64 = 8;
     const PER_THREAD: usize = 400;
     let started = Instant::now();
-    let results: Arc<Mutex<Vec<(Option<u16>, Vec<u8>)>>> = Arc::default();
+    type Sent = (Option<u16>, Vec<u8>);
+    let results: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
             let results = results.clone();
