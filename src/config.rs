@@ -213,10 +213,27 @@ pub fn read_file(path: &Path) -> Result<Layer, ConfigError> {
             })
         }
     };
-    toml::from_str(&text).map_err(|e| ConfigError::File {
+    parse_file(path, &text)
+}
+
+/// Parses the text of the config file at `path` (named in errors).
+pub fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::File {
         path: path.into(),
         message: e.to_string().trim_end().replace('\n', " "),
     })
+}
+
+/// The configuration a config file with this text gives, without environment or flags.
+pub fn resolve_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file = parse_file(path, text)?;
+    let dirs = Dirs::from_env(&Env::new());
+    build(
+        Layer::defaults().merge(file),
+        dirs,
+        path.to_path_buf(),
+        false,
+    )
 }
 
 /// The flags as a layer.
@@ -482,7 +499,8 @@ pub struct Config {
     pub listen: Vec<ListenAddr>,
     pub api_workers: usize,
     pub api_max_body_bytes: usize,
-    pub device_api_key: Option<String>,
+    /// The global device API key (`Debug` prints `<redacted>`).
+    pub device_api_key: Option<helios_actors::Secret>,
     pub remote: RemoteMode,
     pub legacy: Option<Legacy>,
     pub host: helios_actors::host::HostSettings,
@@ -798,7 +816,8 @@ fn build(
         device_api_key: non_empty(
             "api.device_api_key (--device-api-key)",
             l.api.device_api_key,
-        )?,
+        )?
+        .map(helios_actors::Secret::new),
         remote,
         legacy,
         host,
@@ -851,10 +870,15 @@ fn write_file(path: &Path, layer: &Layer) -> Result<(), ConfigError> {
         std::fs::create_dir_all(dir).map_err(write_err)?;
     }
     let tmp = path.with_extension("toml.tmp");
+    // A leftover temp file (or a link planted there) keeps its mode and owner when reopened:
+    // remove it and create a new file, 0600 from its first byte.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(write_err(e)),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(write_err)?;

@@ -356,7 +356,7 @@ fn persist_generated(config: &Config) {
 fn device_api_keys(config: &Config, store: &Store) -> Result<ApiKeys, StoreError> {
     let managed = !matches!(config.remote, RemoteMode::Unmanaged);
     let global = match &config.device_api_key {
-        Some(k) => Some(Secret::new(k.clone())),
+        Some(k) => Some(k.clone()),
         None if managed => {
             let k = Secret::new(helios_actors::random_hex32());
             match save_device_api_key(&config.config_path, &k) {

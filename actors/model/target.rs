@@ -6,6 +6,10 @@
 //! * bind sources: an allow-listed path or anything below it, compared by path components
 //!   after dropping empty ones (`/sys/`, `//sys` → `/sys`); `.` and `..` components and
 //!   relative paths are rejected;
+//! * a volume whose `driver_opts.o` asks for a `bind`/`rbind` is a host bind too: its `device`
+//!   follows the same allow-list, except in apps of class `app` (balena's own apps, like the
+//!   supervisor app of target-state-v3.md §2 that binds `/tmp`);
+//! * devices: host paths below `/dev` without `.` or `..` components;
 //! * a `null` composition value means "not set"; unknown composition keys are ignored;
 //! * `restart`: YAML's `no` may arrive as `false`; an unrecognised policy means `always`
 //!   (behaviours.md §4.4);
@@ -192,6 +196,9 @@ pub fn app_from_target(app_uuid: &str, t: AppTarget) -> Result<App, ValidationEr
             let path = format!("{rel_path}.volumes.{name}");
             check_name(name, &path)?;
             let config = volume_config(v, &path)?;
+            if t.class.as_deref() != Some("app") {
+                check_volume_bind(&config, &path)?;
+            }
             volumes.insert(name.clone(), Volume { config });
         }
         let mut networks = Map::new();
@@ -853,8 +860,28 @@ pub const BIND_ALLOW_LIST: [&str; 9] = [
     "/etc/machine-id",
 ];
 
+/// A volume whose driver options bind a host path (`o=bind`, the local driver's bind mount)
+/// must bind an allow-listed one.
+fn check_volume_bind(c: &VolumeConfig, p: &str) -> Result<(), ValidationError> {
+    let binds = c
+        .driver_opts
+        .get("o")
+        .is_some_and(|o| o.split(',').any(|x| matches!(x.trim(), "bind" | "rbind")));
+    if !binds {
+        return Ok(());
+    }
+    let device = c
+        .driver_opts
+        .get("device")
+        .map(String::as_str)
+        .unwrap_or("");
+    bind_source(device)
+        .map(|_| ())
+        .map_err(|e| err(&format!("{p}.driver_opts.device"), e))
+}
+
 /// The normalised bind source if it is allowed.
-fn bind_source(src: &str) -> Result<String, String> {
+pub fn bind_source(src: &str) -> Result<String, String> {
     if !src.starts_with('/') {
         return Err(format!("bind source {src:?} must be an absolute host path"));
     }
@@ -1345,10 +1372,13 @@ fn devices(v: &Value, p: &str) -> Result<Vec<DeviceMapping>, ValidationError> {
                 ))
             }
         };
-        if !source.starts_with('/') || source.split('/').any(|c| c == "..") {
+        if !is_device_path(source) {
             return Err(err(
                 &ip,
-                format!("{source:?} is not a host device path (CDI devices are not supported)"),
+                format!(
+                    "{source:?} is not a host device path below /dev without . or .. \
+                     (CDI devices are not supported)"
+                ),
             ));
         }
         if !target.starts_with('/') {
@@ -1364,6 +1394,15 @@ fn devices(v: &Value, p: &str) -> Result<Vec<DeviceMapping>, ValidationError> {
         });
     }
     Ok(out)
+}
+
+/// A host device path: absolute, below `/dev`, no `.` or `..` components.
+pub fn is_device_path(source: &str) -> bool {
+    let parts: Vec<&str> = source.split('/').filter(|c| !c.is_empty()).collect();
+    source.starts_with('/')
+        && parts.len() >= 2
+        && parts[0] == "dev"
+        && !parts.iter().any(|c| *c == "." || *c == "..")
 }
 
 /// `host:ip` entries from a list (`host:ip` or `host=ip`) or a map.
@@ -2621,5 +2660,81 @@ mod tests {
         assert_eq!(parse_bytes("1.5gb"), Ok(3 << 29));
         assert!(parse_bytes("1x").is_err());
         assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn devices_are_below_dev() {
+        for bad in [
+            "/etc/shadow",
+            "/dev",
+            "/dev/../etc/shadow",
+            "/dev/./sda",
+            "//etc/x:/dev/x",
+            "dev/sda",
+        ] {
+            rejected(json!({ "devices": [bad] }), "devices[0]");
+        }
+        assert!(one(json!({"devices": ["/dev/serial/by-id/usb-1:/dev/ttyUSB0"]})).is_ok());
+    }
+
+    #[test]
+    fn volumes_that_bind_host_paths_follow_the_bind_allow_list() {
+        let vol = |opts: Value| {
+            app(
+                json!({}),
+                json!({ "volumes": { "v": { "driver_opts": opts } } }),
+            )
+        };
+        for bad in [
+            json!({"type": "none", "o": "bind", "device": "/etc"}),
+            json!({"type": "none", "o": "ro,rbind", "device": "/sys/../etc"}),
+            json!({"o": "bind"}),
+        ] {
+            let e = parse(vol(bad.clone())).expect_err(&bad.to_string());
+            assert_eq!(
+                e.field,
+                format!("releases.{REL}.volumes.v.driver_opts.device")
+            );
+        }
+        for ok in [
+            json!({"type": "none", "o": "bind", "device": "/lib/firmware"}),
+            json!({"type": "tmpfs", "device": "tmpfs", "o": "size=10m"}),
+        ] {
+            assert!(parse(vol(ok.clone())).is_ok(), "{ok}");
+        }
+        // balena's own apps (class `app`, such as the supervisor app) may bind other paths.
+        let mut system = vol(json!({"type": "none", "o": "bind", "device": "/tmp"}));
+        system["class"] = json!("app");
+        assert!(parse(system).is_ok());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever path a target names, an accepted bind source is normalised and stays
+        /// below an allow-listed path: no `..`, `.`, empty or relative trick gets out.
+        #[test]
+        fn no_bind_source_escapes_the_allow_list(
+            parts in proptest::collection::vec(
+                "(sys|proc|etc|dev|run|dbus|lib|modules|\\.\\.|\\.|root|var|log|journal|machine-id|docker.sock|)",
+                0..6,
+            ),
+            lead in "(/|//|\\.|~|)",
+            trail in "(/|)",
+        ) {
+            let src = format!("{lead}{}{trail}", parts.join("/"));
+            if let Ok(norm) = bind_source(&src) {
+                proptest::prop_assert!(!norm.split('/').any(|c| c == ".." || c == "."), "{src} → {norm}");
+                proptest::prop_assert!(!norm.contains("//") && !norm.ends_with('/'), "{src} → {norm}");
+                proptest::prop_assert!(
+                    BIND_ALLOW_LIST.iter().any(|a| norm == *a || norm.starts_with(&format!("{a}/"))),
+                    "{src} → {norm}"
+                );
+            }
+            let dev = format!("/dev{lead}{}{trail}", parts.join("/"));
+            if is_device_path(&dev) {
+                proptest::prop_assert!(!dev.split('/').any(|c| c == ".." || c == "."), "{dev}");
+            }
+        }
     }
 }

@@ -371,6 +371,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
+    #[cfg(test)]
+    tests::COMPARED.with(|c| c.set(c.get() + a.len()));
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -417,6 +419,43 @@ mod tests {
         let keys = open(tmp.path(), Some("globalkey"));
         assert_eq!(keys.service_key(7, "main").unwrap(), a, "kept in the store");
         assert_eq!(keys.lookup(c.expose()), Some(Scope::App(8)));
+    }
+
+    thread_local! {
+        /// Bytes compared by `constant_time_eq` on this thread.
+        pub(super) static COMPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn compared(f: impl FnOnce()) -> usize {
+        COMPARED.with(|c| c.set(0));
+        f();
+        COMPARED.with(|c| c.get())
+    }
+
+    #[test]
+    fn a_lookup_compares_every_byte_of_every_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let global = "0123456789abcdef0123456789abcdef";
+        let keys = open(tmp.path(), Some(global));
+        let svc = keys.service_key(42, "main").unwrap();
+        keys.service_key(43, "main").unwrap();
+        let all = 3 * 32;
+        // Wrong in the first byte, wrong in the last, the first key, the last key: the same
+        // work, so the time says nothing about how much of a key was right or which matched.
+        for k in [
+            "x123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdex",
+            global,
+            svc.expose(),
+        ] {
+            assert_eq!(
+                compared(|| {
+                    let _ = keys.lookup(k);
+                }),
+                all,
+                "{k}"
+            );
+        }
     }
 
     #[test]

@@ -854,7 +854,13 @@ fn kill_service(
     if let Some((new_rel, new)) = target_service(&tgt, &app, &name).filter(|(r, _)| **r != release)
     {
         match new.config.update_strategy() {
+            // A new service that is not to run cannot take over: as download-then-kill.
             UpdateStrategy::DownloadThenKill => {
+                if !app_images_present(&dev, tgt.apps.get(&app)) {
+                    return vec![];
+                }
+            }
+            UpdateStrategy::HandOver if !new.running => {
                 if !app_images_present(&dev, tgt.apps.get(&app)) {
                     return vec![];
                 }
@@ -1035,5 +1041,7 @@ pub fn worker() -> Worker<Device, Uninitialized> {
         )
 }
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

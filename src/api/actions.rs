@@ -37,11 +37,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// A JSON or form body as a map; an empty or unreadable body is an empty map.
 pub(super) fn body(req: &HttpRequest, bytes: &[u8]) -> Map<String, Value> {
-    let form = req
+    let content_type = req
         .headers()
         .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        .and_then(|v| v.to_str().ok());
+    body_of(content_type, bytes)
+}
+
+/// [`body`] given the content type.
+pub(crate) fn body_of(content_type: Option<&str>, bytes: &[u8]) -> Map<String, Value> {
+    let form = content_type.is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if form {
         return String::from_utf8_lossy(bytes)
             .split('&')
@@ -56,7 +61,7 @@ pub(super) fn body(req: &HttpRequest, bytes: &[u8]) -> Map<String, Value> {
 }
 
 /// The spec's "truthy": true, "true", 1, "1", "on".
-pub(super) fn truthy(v: Option<&Value>) -> bool {
+pub(crate) fn truthy(v: Option<&Value>) -> bool {
     match v {
         Some(Value::Bool(b)) => *b,
         Some(Value::Number(n)) => n.as_i64() == Some(1),

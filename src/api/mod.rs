@@ -4,6 +4,7 @@ pub mod actions;
 pub mod auth;
 pub mod error;
 pub mod host;
+pub mod limits;
 pub mod v1;
 pub mod v2;
 pub mod v3;
@@ -99,8 +100,37 @@ pub enum BindError {
     },
 }
 
+/// Binds a unix socket at `path`, mode 0660 before anyone can reach it: it is bound inside a
+/// fresh 0700 directory, made 0660, then renamed into place (binding in place and chmodding
+/// afterwards leaves a window where the umask decides who may connect). A stale socket (or
+/// anything else) at `path` is replaced, never followed.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let private = dir.join(format!(".{name}.{}.bind", std::process::id()));
+    if std::fs::symlink_metadata(&private).is_ok() {
+        std::fs::remove_dir_all(&private)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let bound = (|| {
+        let tmp = private.join("sock");
+        let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+        // rename replaces a stale socket or a link at `path` without following it.
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
 /// Binds every listener and returns the server (not yet running) with the bound addresses
-/// (TCP port 0 resolved). Stale unix socket files are replaced; sockets are made 0660.
+/// (TCP port 0 resolved). Stale unix socket files are replaced; sockets are 0660 ([`bind_unix`]).
 pub fn bind(
     listen: &[ListenAddr],
     state: ApiState,
@@ -118,9 +148,11 @@ pub fn bind(
             .app_data(clock.clone())
             .app_data(web::JsonConfig::default().limit(max_body_bytes))
             .app_data(web::PayloadConfig::default().limit(max_body_bytes))
+            .wrap(actix_web::middleware::from_fn(limits::body_deadline))
             .configure(routes)
     })
     .workers(workers)
+    .client_request_timeout(limits::HEAD_TIMEOUT)
     .disable_signals()
     .shutdown_timeout(2);
     let mut bound = vec![];
@@ -138,16 +170,8 @@ pub fn bind(
                 }
             }
             ListenAddr::Unix(p) => {
-                if let Some(dir) = p.parent() {
-                    std::fs::create_dir_all(dir).map_err(err)?;
-                }
-                // A socket left by a previous run would make bind fail with EADDRINUSE.
-                if std::fs::symlink_metadata(p).is_ok() {
-                    std::fs::remove_file(p).map_err(err)?;
-                }
-                server = server.bind_uds(p).map_err(err)?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+                let listener = bind_unix(p).map_err(err)?;
+                server = server.listen_uds(listener).map_err(err)?;
                 bound.push(addr.clone());
             }
         }
@@ -156,4 +180,35 @@ pub fn bind(
         info!(address:% = a, decision = "listen"; "API listening");
     }
     Ok((server.run(), bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::bind_unix;
+
+    #[test]
+    fn unix_sockets_are_private_and_replace_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/helios.sock");
+        let first = bind_unix(&path).unwrap();
+        drop(first);
+        // A stale socket, then a link planted at the path: replaced, the target untouched.
+        let _l = bind_unix(&path).unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let listener = bind_unix(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "x");
+
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the socket is left: {left:?}");
+    }
 }

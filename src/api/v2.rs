@@ -49,7 +49,7 @@ pub(super) fn failed(status: u16, message: impl Into<String>) -> ApiError {
 }
 
 /// A legacy numeric app id from the path; None if it is not one.
-pub(super) fn parse_app_id(raw: &str) -> Option<u32> {
+pub(crate) fn parse_app_id(raw: &str) -> Option<u32> {
     let raw = raw.trim();
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -472,7 +472,7 @@ async fn get_tags(state: web::Data<ApiState>, _caller: Caller) -> Result<HttpRes
 const TAGS_SHAPE: &str = "Invalid tags body, must be an object like {[tagKey: string]: string}";
 
 /// Validates a `PATCH /v2/device/tags` body (an empty body is an empty object).
-pub(super) fn parse_tags(body: &[u8]) -> Result<Map<String, Value>, String> {
+pub(crate) fn parse_tags(body: &[u8]) -> Result<Map<String, Value>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }

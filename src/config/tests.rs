@@ -329,6 +329,30 @@ fn saved_identity_is_private_and_keeps_other_keys() {
     assert_eq!(c.seek.local_retry_interval, Duration::from_millis(1234));
 }
 
+#[test]
+fn saved_identity_is_private_whatever_was_there_before() {
+    use std::os::unix::fs::PermissionsExt;
+    let case = Case::new().file("uuid = \"old\"\n");
+    let path = case.path();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A temp file left by an interrupted save, readable by everyone, and a link to elsewhere.
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, "stale").unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+    save_identity(&path, "u1", "https://api.example", "device-key-0123456789").unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let elsewhere = path.with_extension("elsewhere");
+    std::fs::write(&elsewhere, "not ours").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+    save_identity(&path, "u1", "https://api.example", "device-key-0123456789").unwrap();
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "not ours");
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
 fn is_key_line(l: &str) -> bool {
     l.split_once(" = ").is_some_and(|(k, _)| {
         !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')

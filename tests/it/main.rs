@@ -6,6 +6,7 @@ mod cli;
 mod device_api_auth;
 mod engine;
 mod fake_cloud_selftest;
+mod hostile_api;
 mod infra_smoke;
 mod lifecycle;
 mod support;
