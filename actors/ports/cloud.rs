@@ -342,21 +342,8 @@ impl Cloud {
         api_key: &str,
         body: &serde_json::Value,
     ) -> Result<(), CloudError> {
-        let url = format!("{}/device/v3/state", self.base);
-        let req = self
-            .client
-            .request(Method::PATCH, url)
-            .insert_header((header::AUTHORIZATION, bearer(api_key)?));
-        self.call(
-            "report state",
-            req,
-            Some(body),
-            SMALL_BODY,
-            &[api_key],
-            false,
-        )
-        .await?;
-        Ok(())
+        self.patch_device("state", "report state", api_key, body)
+            .await
     }
 
     /// PATCH {endpoint}/device/v3/tags with `{uuid: {key: value}}` (spec/state-report-v3.md
@@ -366,20 +353,24 @@ impl Cloud {
         api_key: &str,
         body: &serde_json::Value,
     ) -> Result<(), CloudError> {
-        let url = format!("{}/device/v3/tags", self.base);
+        self.patch_device("tags", "report tags", api_key, body)
+            .await
+    }
+
+    async fn patch_device(
+        &self,
+        what: &str,
+        call: &'static str,
+        api_key: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), CloudError> {
+        let url = format!("{}/device/v3/{what}", self.base);
         let req = self
             .client
             .request(Method::PATCH, url)
             .insert_header((header::AUTHORIZATION, bearer(api_key)?));
-        self.call(
-            "report tags",
-            req,
-            Some(body),
-            SMALL_BODY,
-            &[api_key],
-            false,
-        )
-        .await?;
+        self.call(call, req, Some(body), SMALL_BODY, &[api_key], false)
+            .await?;
         Ok(())
     }
 

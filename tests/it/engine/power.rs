@@ -9,6 +9,20 @@ use crate::support::agent::{eventually, Agent, AgentOpts};
 use crate::support::fake_host::FakeLogin1;
 use crate::support::infra::{docker, empty_engine, exec, infra};
 
+/// An agent on the test engine and bus, once it has seen logind.
+fn agent_with_logind(infra: &crate::support::infra::Infra, home: &std::path::Path) -> Agent {
+    let agent = Agent::start(
+        AgentOpts::new(home)
+            .env("DOCKER_HOST", infra.docker_host.clone())
+            .env("DBUS_SYSTEM_BUS_ADDRESS", infra.dbus_address.clone()),
+    );
+    let found = eventually(Duration::from_secs(20), || {
+        (agent.get("/v3/capabilities").json()["bus"]["login1"] == true).then_some(())
+    });
+    assert!(found.is_some(), "logind detected on the bus");
+    agent
+}
+
 #[tokio::test]
 async fn reboot_respects_locks_and_calls_logind_once_after_answering() {
     let Some(infra) = infra("engine::power") else {
@@ -18,15 +32,7 @@ async fn reboot_respects_locks_and_calls_logind_once_after_answering() {
     empty_engine(&d).await;
     let login1 = FakeLogin1::start(&infra.dbus_address);
     let home = tempfile::tempdir().unwrap();
-    let agent = Agent::start(
-        AgentOpts::new(home.path())
-            .env("DOCKER_HOST", infra.docker_host.clone())
-            .env("DBUS_SYSTEM_BUS_ADDRESS", infra.dbus_address.clone()),
-    );
-    let found = eventually(Duration::from_secs(20), || {
-        (agent.get("/v3/capabilities").json()["bus"]["login1"] == true).then_some(())
-    });
-    assert!(found.is_some(), "logind detected on the bus");
+    let agent = agent_with_logind(infra, home.path());
 
     let app = json!({"id": 9, "name": "power", "releases": {"r1": {"services": {"main": {
         "id": 1, "image": infra.image_a, "composition": {"command": "sleep infinity"}}}}}});
@@ -99,15 +105,7 @@ async fn a_requires_reboot_service_waits_for_the_reboot_it_asks_for() {
     empty_engine(&d).await;
     let login1 = FakeLogin1::start(&infra.dbus_address);
     let home = tempfile::tempdir().unwrap();
-    let agent = Agent::start(
-        AgentOpts::new(home.path())
-            .env("DOCKER_HOST", infra.docker_host.clone())
-            .env("DBUS_SYSTEM_BUS_ADDRESS", infra.dbus_address.clone()),
-    );
-    let found = eventually(Duration::from_secs(20), || {
-        (agent.get("/v3/capabilities").json()["bus"]["login1"] == true).then_some(())
-    });
-    assert!(found.is_some(), "logind detected on the bus");
+    let agent = agent_with_logind(infra, home.path());
 
     let app = json!({"id": 9, "name": "driver", "releases": {"r1": {"services": {
         "main": {"id": 1, "image": infra.image_a, "composition": {"command": "sleep infinity"}},
