@@ -1,12 +1,17 @@
 //! HostActor owns everything that touches the host OS over the system bus (zbus).
-//! Owns: the bus connection, the host config files (config.rs) and the `bus` and `host_os`
+//! Owns: the bus connection, the host config files (config.rs), host OS updates (hup.rs: the
+//! host release records, the install in flight, its retry timer) and the `bus` and `host_os`
 //! capabilities.
 //! Handles: Power (reboot, power-off through logind), GetHostConfig, PatchHostConfig
 //! (hostname, proxy; units restarted through systemd); whatever stops or reconfigures the
-//! host is refused while update locks are held unless forced.
-//! Sends: capability changes on the CapsBus.
-//! Restart: reconnects to the bus after the restart backoff.
+//! host is refused while update locks are held unless forced. Targets from the TargetBus (a
+//! watch stream, only with a host OS version): the host part is sought (spec §9).
+//! Sends: capability changes on the CapsBus; the host state (`CurrentState::host`) on the
+//! StateBus.
+//! Restart: reconnects to the bus after the restart backoff; re-reads the records and seeks
+//! the latest target's host part again (an install cut short counted its attempt).
 pub mod config;
+pub mod hup;
 
 use std::time::Duration;
 
@@ -14,13 +19,18 @@ use serde_json::{Map, Value};
 
 use std::sync::Arc;
 
-use actix::{ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
-use log::{info, warn};
+use actix::{
+    ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle, StreamHandler, WrapFuture,
+};
+use log::{debug, error, info, warn};
+use tokio_stream::wrappers::WatchStream;
 
-use crate::bus::{CapsBus, StateBus};
+use crate::bus::{CapsBus, StateBus, TargetBus, TargetRequest};
+use crate::model::host::{HostPhase, HostState, HostTarget};
 use crate::ports::dbus::{Bus, BusError, PowerAction, UnitAction};
+use crate::ports::engine::{Engine, EngineSettings};
 use crate::ports::locks::Locks;
-use crate::ports::store::Store;
+use crate::ports::store::{Durability, Store};
 use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
 
@@ -87,6 +97,13 @@ pub struct HostDeps {
     pub state: StateBus,
     pub locks: Arc<Locks>,
     pub store: Store,
+    /// Targets: their host part (host OS updates).
+    pub targets: TargetBus,
+    /// The engine the updater image is pulled with.
+    pub engine: EngineSettings,
+    /// Pause before a failed or waiting host OS install is tried again (the apply loop's
+    /// local retry interval).
+    pub retry_interval: Duration,
 }
 
 /// Sent by the API (`POST /v1/reboot`, `POST /v1/shutdown`): take every app's update lock,
@@ -151,6 +168,23 @@ pub struct HostActor {
     restarts: Restarts,
     bus: Option<Bus>,
     probe_backoff: Duration,
+    hup: Hup,
+}
+
+/// Host OS update bookkeeping of the actor (the records themselves live in the store).
+#[derive(Default)]
+struct Hup {
+    /// The host part of the latest target; None before any.
+    want: Option<hup::HostWant>,
+    /// Its target sequence number and `force` flag.
+    seq: u64,
+    force: bool,
+    /// An install runs (its end evaluates again).
+    running: bool,
+    /// The next evaluation (retry, wait, attempts reset).
+    timer: Option<SpawnHandle>,
+    /// The wait reason last logged at WARN (repeats go to DEBUG).
+    waiting: Option<String>,
 }
 
 impl HostActor {
@@ -161,6 +195,7 @@ impl HostActor {
             restarts,
             bus: None,
             probe_backoff: PROBE_MIN,
+            hup: Hup::default(),
         }
     }
 
@@ -214,9 +249,13 @@ impl Resumable for HostActor {
     fn begin(&mut self, ctx: &mut Context<Self>) {
         self.bus = None;
         self.probe_backoff = PROBE_MIN;
+        self.hup = Hup::default();
         match &self.settings.os_version {
             Some(os) => {
-                info!(capability = "host_os", os:% = os, decision = "found"; "Capability found")
+                info!(capability = "host_os", os:% = os, decision = "found"; "Capability found");
+                // The watch stream yields the latest target first.
+                ctx.add_stream(WatchStream::new(self.deps.targets.subscribe()));
+                self.evaluate(ctx);
             }
             None => info!(capability = "host_os", decision = "missing",
                 reason = "no host OS version configured: generic Linux, no host OS updates"; "Capability missing"),
@@ -254,6 +293,258 @@ impl HostActor {
         }
         Ok(apps)
     }
+}
+
+impl HostActor {
+    fn paths(&self) -> hup::Paths {
+        hup::Paths {
+            runtime_dir: self.settings.runtime_dir.clone(),
+            host_runtime_dir: self.settings.host_runtime_dir.clone(),
+        }
+    }
+
+    fn os_build(&self) -> Option<&str> {
+        self.settings.os_version.as_ref()?.build.as_deref()
+    }
+
+    fn load_records(&self) -> Result<hup::Records, String> {
+        match self.deps.store.get_json(hup::RECORDS_KEY) {
+            Ok(None) => Ok(hup::Records::new()),
+            Ok(Some(v)) => serde_json::from_value(v)
+                .map_err(|e| format!("host release records unreadable: {e}")),
+            Err(e) => Err(ErrorChain(&e).to_string()),
+        }
+    }
+
+    fn save_records(&self, records: &hup::Records) -> Result<(), String> {
+        let v = serde_json::to_value(records).map_err(|e| e.to_string())?;
+        self.deps
+            .store
+            .put_json(hup::RECORDS_KEY, &v, Durability::Flush)
+            .map_err(|e| ErrorChain(&e).to_string())
+    }
+
+    /// Publishes the host state: the known releases (statuses derived now) and the phase of
+    /// the host part of the target.
+    fn publish_host(&self, records: &hup::Records, phase: HostPhase) {
+        let Some(meta) = self.settings.os_version.clone() else {
+            return;
+        };
+        let host = HostState {
+            meta,
+            releases: hup::releases(records, self.os_build(), &self.paths()),
+            seq: self.hup.seq,
+            phase,
+        };
+        self.deps.state.update(|c| c.host = Some(host));
+    }
+
+    fn later(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if let Some(h) = self.hup.timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.hup.timer = Some(ctx.run_later(delay, |a, ctx| {
+            a.hup.timer = None;
+            a.evaluate(ctx);
+        }));
+    }
+
+    /// Decides what to do about the host part of the latest target, and does it
+    /// (spec/helios-api-v3.md §9). Runs on every target, after every install and on timers.
+    fn evaluate(&mut self, ctx: &mut Context<Self>) {
+        if self.hup.running {
+            return;
+        }
+        if let Some(h) = self.hup.timer.take() {
+            ctx.cancel_future(h);
+        }
+        let mut records = match self.load_records() {
+            Ok(r) => r,
+            Err(e) => {
+                self.wait(format!("the store: {e}"), None, ctx);
+                return;
+            }
+        };
+        let target = match &self.hup.want {
+            Some(hup::HostWant::Remote(Some(t))) => Some(t.clone()),
+            _ => None,
+        };
+        if let Some(t) = &target {
+            if hup::reconcile(&mut records, t, crate::ports::store::now_ms()) {
+                if let Err(e) = self.save_records(&records) {
+                    self.wait(format!("the store: {e}"), Some(t), ctx);
+                    return;
+                }
+                info!(release:% = t.release, app:% = t.app, build:% = t.build, updater:% = t.updater,
+                    decision = "record", reason = "target host release"; "Host release recorded");
+            }
+        }
+        let target_release = target.as_ref().and_then(|t| {
+            records.get(&t.release).map(|r| {
+                let crumb = self.paths().breadcrumb(&t.release).exists();
+                (
+                    hup::status(&r.build, self.os_build(), crumb),
+                    r.install_attempts,
+                )
+            })
+        });
+        let decision = hup::decide(self.hup.want.as_ref(), target_release);
+        let release = target.as_ref().map_or("", |t| t.release.as_str());
+        match &decision {
+            hup::Decision::Idle { reason } => {
+                debug!(seq = self.hup.seq, release:% = release, decision = "skip", reason; "Host OS update not needed")
+            }
+            hup::Decision::NoHostapp => info!(seq = self.hup.seq, decision = "skip",
+                reason = "the remote target has no hostapp: the device keeps its OS"; "Host OS update not possible"),
+            hup::Decision::AwaitReboot => {
+                info!(seq = self.hup.seq, release:% = release, decision = "skip",
+                reason = "installed, waiting for a reboot"; "Host OS update installed")
+            }
+            hup::Decision::GiveUp { attempts } => {
+                warn!(seq = self.hup.seq, release:% = release, attempt = *attempts, decision = "give_up",
+                    reason = "too many failed installs; tried again once the record is 24 h old"; "Host OS update given up");
+                // Attempts reset when the record is a day old: look again then.
+                if let Some(r) = records.get(release) {
+                    let due = r.since_ms + hup::ATTEMPTS_RESET.as_millis() as u64;
+                    let now = crate::ports::store::now_ms();
+                    self.later(Duration::from_millis(due.saturating_sub(now) + 1000), ctx);
+                }
+            }
+            hup::Decision::Install { .. } => {}
+        }
+        match (decision, target) {
+            (hup::Decision::Install { attempt }, Some(t)) => self.install(t, attempt, records, ctx),
+            (d, _) => {
+                self.hup.waiting = None;
+                self.publish_host(&records, d.phase());
+            }
+        }
+    }
+
+    /// Something the install needs is missing: log it (WARN once, then DEBUG), try again after
+    /// the retry interval, no attempt counted.
+    fn wait(&mut self, reason: String, target: Option<&HostTarget>, ctx: &mut Context<Self>) {
+        let delay = self.deps.retry_interval;
+        let release = target.map_or("", |t| t.release.as_str());
+        if self.hup.waiting.as_deref() != Some(reason.as_str()) {
+            warn!(seq = self.hup.seq, release:% = release, reason:% = reason, delay_ms = delay.as_millis() as u64,
+                decision = "wait"; "Host OS update waits");
+            self.hup.waiting = Some(reason);
+        } else {
+            debug!(seq = self.hup.seq, release:% = release, reason:% = reason, delay_ms = delay.as_millis() as u64,
+                decision = "wait"; "Host OS update still waits");
+        }
+        let records = self.load_records().unwrap_or_default();
+        self.publish_host(&records, HostPhase::Working);
+        self.later(delay, ctx);
+    }
+
+    /// Checks what the install needs (systemd, the engine, every app's update lock), counts
+    /// the attempt (persisted first) and runs it.
+    fn install(
+        &mut self,
+        target: HostTarget,
+        attempt: u32,
+        mut records: hup::Records,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(bus) = self.bus_with("systemd1") else {
+            return self.wait(
+                "org.freedesktop.systemd1 is not on the system bus".into(),
+                Some(&target),
+                ctx,
+            );
+        };
+        if self.deps.caps.get().engine.is_none() {
+            return self.wait("the engine is unreachable".into(), Some(&target), ctx);
+        }
+        let apps = match self.lock_all(self.hup.force) {
+            Ok(apps) => apps,
+            Err((app, e)) => {
+                return self.wait(
+                    format!("update locks held by app {app}: {e}"),
+                    Some(&target),
+                    ctx,
+                )
+            }
+        };
+        if let Some(r) = records.get_mut(&target.release) {
+            r.install_attempts = attempt;
+        }
+        if let Err(e) = self.save_records(&records) {
+            for a in &apps {
+                self.deps.locks.release(a);
+            }
+            return self.wait(format!("the store: {e}"), Some(&target), ctx);
+        }
+        self.hup.waiting = None;
+        self.hup.running = true;
+        info!(seq = self.hup.seq, release:% = target.release, app:% = target.app, image:% = target.updater,
+            attempt, force = self.hup.force, apps = apps.len(), decision = "install",
+            reason = "the target host release is not installed"; "Host OS update starts");
+        self.publish_host(&records, HostPhase::Working);
+        let (settings, paths) = (self.deps.engine.clone(), self.paths());
+        let t = target.clone();
+        let fut = async move {
+            let engine =
+                Engine::connect(&settings)
+                    .await
+                    .map_err(|source| hup::HupError::Engine {
+                        step: "connecting to the engine",
+                        source,
+                    })?;
+            hup::install(&engine, &bus, &paths, &t).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            for a in &apps {
+                act.deps.locks.release(a);
+            }
+            act.hup.running = false;
+            match res {
+                Ok(()) => info!(release:% = target.release, attempt, decision = "installed",
+                    reason = "the updater succeeded; the new OS runs after a reboot"; "Host OS update installed"),
+                Err(e) => {
+                    let last = attempt >= hup::MAX_ATTEMPTS;
+                    let delay = act.deps.retry_interval;
+                    warn!(release:% = target.release, attempt, error:% = ErrorChain(&e),
+                        delay_ms = if last { 0 } else { delay.as_millis() as u64 },
+                        decision = if last { "fail" } else { "retry" }; "Host OS update failed");
+                    if e.is_bus() {
+                        // The bus may be gone: look again (the capability follows).
+                        act.probe(ctx);
+                    }
+                    if !last {
+                        let records = act.load_records().unwrap_or_default();
+                        act.publish_host(&records, HostPhase::Working);
+                        act.later(delay, ctx);
+                        return;
+                    }
+                }
+            }
+            act.evaluate(ctx);
+        }));
+    }
+}
+
+impl StreamHandler<Option<Arc<TargetRequest>>> for HostActor {
+    fn handle(&mut self, item: Option<Arc<TargetRequest>>, ctx: &mut Context<Self>) {
+        let Some(req) = item else { return };
+        let want = match hup::HostWant::of(&req.target) {
+            Ok(w) => w,
+            Err(e) => {
+                error!(seq = req.seq, error:% = e, decision = "skip",
+                    reason = "the target's host part is unreadable; the host OS stays as it is"; "Host target unreadable");
+                hup::HostWant::Local
+            }
+        };
+        self.hup.want = Some(want);
+        self.hup.seq = req.seq;
+        self.hup.force = req.force;
+        self.hup.waiting = None;
+        self.evaluate(ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
 impl Handler<Power> for HostActor {
