@@ -185,6 +185,8 @@ struct Hup {
     timer: Option<SpawnHandle>,
     /// The wait reason last logged at WARN (repeats go to DEBUG).
     waiting: Option<String>,
+    /// Apps whose update locks the running install keeps.
+    locked: Vec<String>,
 }
 
 impl HostActor {
@@ -249,6 +251,10 @@ impl Resumable for HostActor {
     fn begin(&mut self, ctx: &mut Context<Self>) {
         self.bus = None;
         self.probe_backoff = PROBE_MIN;
+        // An install cut short by the restart keeps no lock.
+        for a in std::mem::take(&mut self.hup.locked) {
+            self.deps.locks.unkeep(&a);
+        }
         self.hup = Hup::default();
         match &self.settings.os_version {
             Some(os) => {
@@ -282,11 +288,24 @@ impl HostActor {
     /// Takes the update locks of every app on the device (as the legacy supervisor does);
     /// on a user lock, releases what it took and says which.
     fn lock_all(&self, force: bool) -> Result<Vec<String>, (String, String)> {
+        self.lock_all_with(force, false)
+    }
+
+    /// `lock_all`, the locks kept through applies' releases when `keep` (see `Locks::keep`).
+    fn lock_all_with(&self, force: bool, keep: bool) -> Result<Vec<String>, (String, String)> {
+        let locks = &self.deps.locks;
         let apps: Vec<String> = self.deps.state.get().model.apps.keys().cloned().collect();
         for (i, app) in apps.iter().enumerate() {
-            if let Err(e) = self.deps.locks.take(app, force) {
+            let taken = match keep {
+                true => locks.keep(app, force),
+                false => locks.take(app, force),
+            };
+            if let Err(e) = taken {
                 for a in &apps[..i] {
-                    self.deps.locks.release(a);
+                    match keep {
+                        true => locks.unkeep(a),
+                        false => locks.release(a),
+                    }
                 }
                 return Err((app.clone(), e.to_string()));
             }
@@ -458,7 +477,7 @@ impl HostActor {
         if self.deps.caps.get().engine.is_none() {
             return self.wait("the engine is unreachable".into(), Some(&target), ctx);
         }
-        let apps = match self.lock_all(self.hup.force) {
+        let apps = match self.lock_all_with(self.hup.force, true) {
             Ok(apps) => apps,
             Err((app, e)) => {
                 return self.wait(
@@ -473,12 +492,13 @@ impl HostActor {
         }
         if let Err(e) = self.save_records(&records) {
             for a in &apps {
-                self.deps.locks.release(a);
+                self.deps.locks.unkeep(a);
             }
             return self.wait(format!("the store: {e}"), Some(&target), ctx);
         }
         self.hup.waiting = None;
         self.hup.running = true;
+        self.hup.locked = apps.clone();
         info!(seq = self.hup.seq, release:% = target.release, app:% = target.app, image:% = target.updater,
             attempt, force = self.hup.force, apps = apps.len(), decision = "install",
             reason = "the target host release is not installed"; "Host OS update starts");
@@ -497,8 +517,9 @@ impl HostActor {
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             for a in &apps {
-                act.deps.locks.release(a);
+                act.deps.locks.unkeep(a);
             }
+            act.hup.locked.clear();
             act.hup.running = false;
             match res {
                 Ok(()) => info!(release:% = target.release, attempt, decision = "installed",

@@ -3,6 +3,7 @@ mod actions;
 mod apply;
 mod device_api;
 mod host_config;
+mod hup;
 pub mod infra_smoke;
 mod power;
 mod remote;
