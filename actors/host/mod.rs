@@ -187,6 +187,12 @@ struct Hup {
     waiting: Option<String>,
     /// Apps whose update locks the running install keeps.
     locked: Vec<String>,
+    /// The last evaluation waited for something: a capability change looks again at once.
+    wants_caps: bool,
+    /// The bus was probed once (before, a missing systemd is expected, not worth a WARN).
+    probed: bool,
+    /// The apps of the latest target: their locks are held too, even before they exist.
+    target_apps: Vec<String>,
 }
 
 impl HostActor {
@@ -213,6 +219,7 @@ impl HostActor {
             Ok::<_, crate::ports::dbus::BusError>((bus, info))
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.hup.probed = true;
             match res {
                 Ok((bus, info)) => {
                     act.bus = Some(bus);
@@ -261,6 +268,8 @@ impl Resumable for HostActor {
                 info!(capability = "host_os", os:% = os, decision = "found"; "Capability found");
                 // The watch stream yields the latest target first.
                 ctx.add_stream(WatchStream::new(self.deps.targets.subscribe()));
+                // A waiting install looks again as soon as the bus or the engine changes.
+                ctx.add_stream(WatchStream::new(self.deps.caps.subscribe()));
                 self.evaluate(ctx);
             }
             None => info!(capability = "host_os", decision = "missing",
@@ -291,10 +300,16 @@ impl HostActor {
         self.lock_all_with(force, false)
     }
 
-    /// `lock_all`, the locks kept through applies' releases when `keep` (see `Locks::keep`).
+    /// `lock_all`, the locks kept through applies' releases when `keep` (see `Locks::keep`),
+    /// also for the apps of the target (`also`) that are not on the device yet.
     fn lock_all_with(&self, force: bool, keep: bool) -> Result<Vec<String>, (String, String)> {
         let locks = &self.deps.locks;
-        let apps: Vec<String> = self.deps.state.get().model.apps.keys().cloned().collect();
+        let mut apps: Vec<String> = self.deps.state.get().model.apps.keys().cloned().collect();
+        if keep {
+            apps.extend(self.hup.target_apps.iter().cloned());
+            apps.sort();
+            apps.dedup();
+        }
         for (i, app) in apps.iter().enumerate() {
             let taken = match keep {
                 true => locks.keep(app, force),
@@ -377,10 +392,11 @@ impl HostActor {
         if let Some(h) = self.hup.timer.take() {
             ctx.cancel_future(h);
         }
+        self.hup.wants_caps = false;
         let mut records = match self.load_records() {
             Ok(r) => r,
             Err(e) => {
-                self.wait(format!("the store: {e}"), None, ctx);
+                self.wait(format!("the store: {e}"), None, false, ctx);
                 return;
             }
         };
@@ -391,7 +407,7 @@ impl HostActor {
         if let Some(t) = &target {
             if hup::reconcile(&mut records, t, crate::ports::store::now_ms()) {
                 if let Err(e) = self.save_records(&records) {
-                    self.wait(format!("the store: {e}"), Some(t), ctx);
+                    self.wait(format!("the store: {e}"), Some(t), false, ctx);
                     return;
                 }
                 info!(release:% = t.release, app:% = t.app, build:% = t.build, updater:% = t.updater,
@@ -440,12 +456,23 @@ impl HostActor {
         }
     }
 
-    /// Something the install needs is missing: log it (WARN once, then DEBUG), try again after
-    /// the retry interval, no attempt counted.
-    fn wait(&mut self, reason: String, target: Option<&HostTarget>, ctx: &mut Context<Self>) {
+    /// Something the install needs is missing: log it (WARN once, then DEBUG; DEBUG only when
+    /// `quiet`: someone else reports it), try again after the retry interval or when a
+    /// capability changes, no attempt counted.
+    fn wait(
+        &mut self,
+        reason: String,
+        target: Option<&HostTarget>,
+        quiet: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let delay = self.deps.retry_interval;
         let release = target.map_or("", |t| t.release.as_str());
-        if self.hup.waiting.as_deref() != Some(reason.as_str()) {
+        self.hup.wants_caps = true;
+        if quiet || !self.hup.probed {
+            debug!(seq = self.hup.seq, release:% = release, reason:% = reason, delay_ms = delay.as_millis() as u64,
+                decision = "wait"; "Host OS update deferred: the bus is not probed yet");
+        } else if self.hup.waiting.as_deref() != Some(reason.as_str()) {
             warn!(seq = self.hup.seq, release:% = release, reason:% = reason, delay_ms = delay.as_millis() as u64,
                 decision = "wait"; "Host OS update waits");
             self.hup.waiting = Some(reason);
@@ -471,11 +498,13 @@ impl HostActor {
             return self.wait(
                 "org.freedesktop.systemd1 is not on the system bus".into(),
                 Some(&target),
+                false,
                 ctx,
             );
         };
         if self.deps.caps.get().engine.is_none() {
-            return self.wait("the engine is unreachable".into(), Some(&target), ctx);
+            // Seek reports the engine's absence (and finds it at start).
+            return self.wait("the engine is unreachable".into(), Some(&target), true, ctx);
         }
         let apps = match self.lock_all_with(self.hup.force, true) {
             Ok(apps) => apps,
@@ -483,6 +512,7 @@ impl HostActor {
                 return self.wait(
                     format!("update locks held by app {app}: {e}"),
                     Some(&target),
+                    false,
                     ctx,
                 )
             }
@@ -494,7 +524,7 @@ impl HostActor {
             for a in &apps {
                 self.deps.locks.unkeep(a);
             }
-            return self.wait(format!("the store: {e}"), Some(&target), ctx);
+            return self.wait(format!("the store: {e}"), Some(&target), false, ctx);
         }
         self.hup.waiting = None;
         self.hup.running = true;
@@ -547,6 +577,16 @@ impl HostActor {
     }
 }
 
+impl StreamHandler<crate::model::Capabilities> for HostActor {
+    fn handle(&mut self, _: crate::model::Capabilities, ctx: &mut Context<Self>) {
+        if self.hup.wants_caps && !self.hup.running {
+            self.evaluate(ctx);
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
 impl StreamHandler<Option<Arc<TargetRequest>>> for HostActor {
     fn handle(&mut self, item: Option<Arc<TargetRequest>>, ctx: &mut Context<Self>) {
         let Some(req) = item else { return };
@@ -559,6 +599,12 @@ impl StreamHandler<Option<Arc<TargetRequest>>> for HostActor {
             }
         };
         self.hup.want = Some(want);
+        self.hup.target_apps = req
+            .target
+            .get("apps")
+            .and_then(|a| a.as_object())
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default();
         self.hup.seq = req.seq;
         self.hup.force = req.force;
         self.hup.waiting = None;

@@ -225,7 +225,28 @@ async fn a_host_os_update_runs_the_updater_once_and_waits_for_the_reboot() {
     };
     let systemd = FakeSystemd::start(&infra.dbus_address);
     let s = setup(infra, None).await;
+    // A user holds the user app's update lock: the OS update waits, counting nothing.
+    let user_lock = s
+        .run_dir()
+        .join(format!("update-locks/{USER_APP}/updates.lock"));
+    std::fs::create_dir_all(user_lock.parent().unwrap()).unwrap();
+    std::fs::write(&user_lock, b"").unwrap();
     let agent = s.start_agent(infra);
+    let wait = agent
+        .wait_log(
+            |l| l.contains("Host OS update waits") && l.contains("update locks"),
+            Duration::from_secs(60),
+        )
+        .expect("a user lock makes the install wait");
+    assert!(wait.contains(USER_APP), "{wait}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        transient_calls(&systemd).is_empty(),
+        "nothing runs while locked"
+    );
+    assert_eq!(host_release(&agent)["install_attempts"], 0);
+    assert_eq!(agent.get("/v3/status").json()["status"], "applying changes");
+    std::fs::remove_file(&user_lock).unwrap();
 
     let crumb = eventually(Duration::from_secs(120), || {
         s.breadcrumb().exists().then_some(())
@@ -262,11 +283,8 @@ async fn a_host_os_update_runs_the_updater_once_and_waits_for_the_reboot() {
         runs[0].contains(&format!("pwd={}", wd.display())),
         "{runs:?}"
     );
-    let lock = s
-        .run_dir()
-        .join(format!("update-locks/{USER_APP}/updates.lock"));
     assert!(
-        runs[0].contains(&format!("lock={}", lock.display())),
+        runs[0].contains(&format!("lock={}", user_lock.display())),
         "the user app's update lock is held while the updater runs: {runs:?}"
     );
     assert!(
