@@ -41,9 +41,15 @@ struct Setup {
     cloud: FakeCloud,
     home: tempfile::TempDir,
     host_os_image: String,
+    /// The device target the cloud serves.
+    target: Value,
 }
 
 impl Setup {
+    fn cloud_target(&self) -> Value {
+        self.target.clone()
+    }
+
     fn run_dir(&self) -> PathBuf {
         self.home.path().join("run")
     }
@@ -118,9 +124,7 @@ async fn setup(infra: &Infra, exit: Option<&str>) -> Setup {
     cloud.add_device(UUID, KEY, 1);
     // The updater label in the composition, the class and board-rev on the service: both
     // places count (spec/target-state-v3.md §2.6).
-    cloud.set_target(
-        UUID,
-        json!({"name": "hup-device", "config": {}, "apps": {
+    let target = json!({"name": "hup-device", "config": {}, "apps": {
             HOST_APP: {"id": 1, "name": "generic-amd64", "is_host": true, "class": "app",
                 "releases": {RELEASE: {"id": 2, "services": {"main": {"id": 3, "image_id": 4,
                     "image": host_os_image, "environment": {},
@@ -130,12 +134,13 @@ async fn setup(infra: &Infra, exit: Option<&str>) -> Setup {
             USER_APP: {"id": 5, "name": "fleet", "class": "fleet", "releases": {"rel-u1": {"id": 6,
                 "services": {"main": {"id": 7, "image_id": 8, "image": infra.image_a,
                     "environment": {}, "labels": {},
-                    "composition": {"command": "sleep infinity", "stop_grace_period": "1s"}}}}}}}}),
-    );
+                    "composition": {"command": "sleep infinity", "stop_grace_period": "1s"}}}}}}}});
+    cloud.set_target(UUID, target.clone());
     Setup {
         cloud,
         home,
         host_os_image,
+        target,
     }
 }
 
@@ -476,6 +481,46 @@ async fn without_systemd_the_install_waits_and_a_bus_lost_mid_run_is_retried() {
         agent.logs().iter().all(|l| !l.contains("decision=restart")),
         "no actor died"
     );
+    drop(agent);
+    empty_engine(&docker(infra).await).await;
+}
+
+#[tokio::test]
+async fn a_remote_target_without_hostapp_ends_aborted_and_a_local_apply_done() {
+    let Some(infra) = infra("engine::hup") else {
+        return;
+    };
+    let s = setup(infra, None).await;
+    // The same fleet app, no hostapp: the device keeps its OS (spec §4.3).
+    let mut target = s.cloud_target();
+    target["apps"].as_object_mut().unwrap().remove(HOST_APP);
+    s.cloud.set_target(UUID, target);
+    let agent = s.start_agent(infra);
+    agent.wait_status("aborted", Duration::from_secs(90));
+    let apps = eventually(Duration::from_secs(30), || {
+        let apps = s.last_apps()?;
+        (apps[USER_APP]["releases"]["rel-u1"]["update_status"] == "done").then_some(apps)
+    })
+    .expect("the user app is done although the apply ends aborted");
+    assert!(apps.get(HOST_APP).is_none());
+    assert_eq!(
+        agent.get("/v3/device").json()["host"],
+        json!({"meta": {"name": "balenaOS", "version": "6.0.39", "build": "test-board-rev-000"},
+            "releases": {}})
+    );
+    agent
+        .wait_log(
+            |l| l.contains("decision=skip") && l.contains("has no hostapp"),
+            Duration::from_secs(5),
+        )
+        .expect("a logged decision");
+
+    // A local apply leaves the host OS alone and ends done.
+    let app = json!({"id": 9, "name": "local", "releases": {"r1": {"services": {"main": {
+        "id": 1, "image": infra.image_a, "composition": {"command": "sleep infinity"}}}}}});
+    let r = agent.post_json("/v3/device/apps/hup-local-app", &app.to_string());
+    assert_eq!(r.status, 202, "{}", r.body);
+    agent.wait_status("done", Duration::from_secs(90));
     drop(agent);
     empty_engine(&docker(infra).await).await;
 }
