@@ -168,6 +168,8 @@ pub struct HostActor {
     restarts: Restarts,
     bus: Option<Bus>,
     probe_backoff: Duration,
+    /// The next probe while something is missing (one at a time).
+    probe_next: Option<SpawnHandle>,
     hup: Hup,
 }
 
@@ -203,11 +205,15 @@ impl HostActor {
             restarts,
             bus: None,
             probe_backoff: PROBE_MIN,
+            probe_next: None,
             hup: Hup::default(),
         }
     }
 
     fn probe(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.probe_next.take() {
+            ctx.cancel_future(h);
+        }
         let address = self.settings.dbus_address.clone();
         let existing = self.bus.clone();
         let fut = async move {
@@ -245,7 +251,13 @@ impl HostActor {
             // Something is missing: look again later, backing off.
             let delay = act.probe_backoff;
             act.probe_backoff = (act.probe_backoff * 2).min(PROBE_MAX);
-            ctx.run_later(delay, |a, ctx| a.probe(ctx));
+            if let Some(h) = act.probe_next.take() {
+                ctx.cancel_future(h);
+            }
+            act.probe_next = Some(ctx.run_later(delay, |a, ctx| {
+                a.probe_next = None;
+                a.probe(ctx);
+            }));
         }));
     }
 }
@@ -258,6 +270,7 @@ impl Resumable for HostActor {
     fn begin(&mut self, ctx: &mut Context<Self>) {
         self.bus = None;
         self.probe_backoff = PROBE_MIN;
+        self.probe_next = None;
         // An install cut short by the restart keeps no lock.
         for a in std::mem::take(&mut self.hup.locked) {
             self.deps.locks.unkeep(&a);
