@@ -106,6 +106,9 @@ pub async fn run(
             state: state.clone(),
             locks: locks.clone(),
             store: store.clone(),
+            targets: targets.clone(),
+            engine: config.engine.clone(),
+            retry_interval: config.seek.local_retry_interval,
         };
         let (h, r) = (config.host.clone(), restarts("host"));
         Supervisor::start(move |_| HostActor::new(h, deps, r))

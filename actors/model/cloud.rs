@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::device::{AppTarget as ModelApp, DeviceTarget};
-use super::target::{app_from_target, AppTarget};
+use super::host::{HostTarget, HOSTAPP_KEY};
+use super::target::{app_from_target, normalise_image, AppTarget};
 
 /// A remote target, ready for the TargetBus, with what reporting needs to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +21,84 @@ pub struct Converted {
     pub rejected: BTreeMap<String, (String, String)>,
     /// `BALENA_SUPERVISOR_POLL_INTERVAL` / `RESIN_SUPERVISOR_POLL_INTERVAL` from the config.
     pub poll_interval: Option<Duration>,
+    /// The hostapp's release (spec/helios-api-v3.md §9); None when the document has no
+    /// hostapp or it was rejected.
+    pub host: Option<HostTarget>,
+}
+
+impl Converted {
+    /// The target document for the TargetBus: the planner's target plus the host part under
+    /// [`HOSTAPP_KEY`] (`null` without a hostapp, which tells a remote target from a local one).
+    pub fn target_value(&self) -> Result<Value, serde_json::Error> {
+        let mut v = serde_json::to_value(&self.target)?;
+        if let Value::Object(m) = &mut v {
+            m.insert(HOSTAPP_KEY.into(), serde_json::to_value(&self.host)?);
+        }
+        Ok(v)
+    }
+}
+
+/// Labels of the hostapp service that carry the host release (spec/target-state-v3.md §2.6).
+const IMAGE_CLASS: &str = "io.balena.image.class";
+const UPDATER: &str = "io.balena.private.updater";
+const BOARD_REV: &str = "io.balena.private.hostapp.board-rev";
+
+/// The host release of an `is_host` app (spec/helios-api-v3.md §5.1): its single release must
+/// have a service labelled `io.balena.image.class: hostapp` (service `labels` or
+/// `composition.labels`, the service's own winning) with the updater and board-rev labels.
+fn host_target(app: &str, wire: &AppTarget) -> Result<HostTarget, String> {
+    let (release, rel) = wire
+        .releases
+        .iter()
+        .next()
+        .ok_or_else(|| "the host app has no release".to_string())?;
+    let safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if release.is_empty() || release.len() > 128 || !release.chars().all(safe) {
+        return Err(format!(
+            "release {release:?}: not a valid release uuid (letters, digits, '-', '_')"
+        ));
+    }
+    let labels = |s: &super::target::ServiceTarget| -> BTreeMap<String, String> {
+        let mut l: BTreeMap<String, String> =
+            match s.composition.as_ref().and_then(|c| c.get("labels")) {
+                Some(Value::Object(m)) => m
+                    .iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                _ => BTreeMap::new(),
+            };
+        l.extend(s.labels.clone());
+        l
+    };
+    let (name, svc, labels) = rel
+        .services
+        .iter()
+        .map(|(n, s)| (n, s, labels(s)))
+        .find(|(_, _, l)| l.get(IMAGE_CLASS).map(String::as_str) == Some("hostapp"))
+        .ok_or_else(|| format!("no service labelled {IMAGE_CLASS}: hostapp"))?;
+    let label = |k: &str| {
+        labels
+            .get(k)
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
+            .ok_or_else(|| format!("service {name}: label {k} missing"))
+    };
+    let updater = normalise_image(&label(UPDATER)?)
+        .map_err(|e| format!("service {name}: label {UPDATER}: {e}"))?;
+    normalise_image(&svc.image).map_err(|e| format!("service {name}: image: {e}"))?;
+    Ok(HostTarget {
+        app: app.to_string(),
+        release: release.clone(),
+        image: svc.image.clone(),
+        build: label(BOARD_REV)?,
+        updater,
+    })
 }
 
 /// Why a whole document was rejected.
@@ -76,6 +155,7 @@ pub fn convert(
             _ => None,
         })
         .map(Duration::from_millis),
+        host: None,
     };
     let mut hosts = 0;
     for (app_uuid, raw) in apps {
@@ -95,7 +175,15 @@ pub fn convert(
             if hosts > 1 {
                 return Err(Rejected(format!("{uuid}.apps: more than one host app")));
             }
-            // Host OS releases are handled by the host OS updater, not as containers.
+            // Host OS releases are handled by the host OS updater (HostActor), not as
+            // containers; a rejected host app is dropped (the device keeps its OS).
+            match host_target(&app_uuid, &wire) {
+                Ok(h) => out.host = Some(h),
+                Err(reason) => {
+                    let release = wire.releases.keys().next().cloned().unwrap_or_default();
+                    out.rejected.insert(app_uuid, (release, reason));
+                }
+            }
             continue;
         }
         let release = wire.releases.keys().next().cloned().unwrap_or_default();
@@ -203,5 +291,74 @@ mod tests {
         let two = json!({"id": 1, "name": "x", "releases": {"r1": {}, "r2": {}}});
         assert!(convert(&doc(json!({"a": two})), "dev-1", |_| None).is_err());
         assert!(convert(&json!("garbage"), "dev-1", |_| None).is_err());
+    }
+
+    fn hostapp(labels: Value, composition: Value) -> Value {
+        json!({"id": 3, "name": "generic-amd64", "is_host": true, "releases": {"hrel-1": {"id": 4,
+            "services": {"main": {"id": 1, "image_id": 2, "image": "reg:5000/hostos@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "labels": labels, "composition": composition}}}}})
+    }
+
+    #[test]
+    fn the_hostapp_becomes_the_host_target_from_service_or_composition_labels() {
+        let full = json!({"io.balena.image.class": "hostapp", "io.balena.image.store": "root",
+            "io.balena.private.updater": "reg:5000/updater",
+            "io.balena.private.hostapp.board-rev": "rev-2"});
+        let want = HostTarget {
+            app: "host-1".into(),
+            release: "hrel-1".into(),
+            image: "reg:5000/hostos@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+            build: "rev-2".into(),
+            updater: "reg:5000/updater:latest".into(),
+        };
+        for (labels, composition) in [
+            (full.clone(), json!({})),
+            (json!({}), json!({"labels": full.clone()})),
+            (
+                json!({"io.balena.private.hostapp.board-rev": "rev-2"}),
+                json!({"labels": ["io.balena.image.class=hostapp", "io.balena.private.updater=reg:5000/updater"]}),
+            ),
+        ] {
+            let c = convert(
+                &doc(json!({"host-1": hostapp(labels, composition)})),
+                "dev-1",
+                |_| None,
+            )
+            .unwrap();
+            assert_eq!(c.host.as_ref(), Some(&want));
+            assert!(c.authorized.contains("host-1"));
+            assert!(c.target.apps.is_empty(), "the hostapp is no container app");
+            let v = c.target_value().unwrap();
+            assert_eq!(v[HOSTAPP_KEY]["release"], "hrel-1");
+        }
+    }
+
+    #[test]
+    fn a_hostapp_missing_a_label_is_rejected_alone() {
+        let labels =
+            json!({"io.balena.image.class": "hostapp", "io.balena.private.updater": "reg/updater"});
+        let c = convert(
+            &doc(json!({"host-1": hostapp(labels, json!({})), "app-1": app("rel-1", "alpine", json!({}))})),
+            "dev-1",
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(c.host, None);
+        let (rel, reason) = &c.rejected["host-1"];
+        assert_eq!(rel, "hrel-1");
+        assert!(reason.contains("board-rev"), "{reason}");
+        assert!(c.target.apps.contains_key("app-1"));
+        assert_eq!(
+            c.target_value().unwrap()[HOSTAPP_KEY],
+            Value::Null,
+            "a remote target without hostapp"
+        );
+        let no_class = convert(
+            &doc(json!({"host-1": hostapp(json!({"io.balena.private.updater": "u", "io.balena.private.hostapp.board-rev": "r"}), json!({}))})),
+            "dev-1",
+            |_| None,
+        )
+        .unwrap();
+        assert!(no_class.rejected["host-1"].1.contains("hostapp"));
     }
 }

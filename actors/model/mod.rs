@@ -3,6 +3,7 @@
 pub mod cloud;
 pub mod compose;
 pub mod device;
+pub mod host;
 pub mod target;
 
 use std::collections::BTreeMap;
@@ -65,6 +66,9 @@ pub struct CurrentState {
     pub model: device::Device,
     /// The target being sought, as prepared for the planner.
     pub target: Option<device::DeviceTarget>,
+    /// Host OS releases and the host part of the target: written by HostActor only (None
+    /// when no host OS version is configured). Seek writes every other field.
+    pub host: Option<host::HostState>,
 }
 
 impl CurrentState {
@@ -72,7 +76,39 @@ impl CurrentState {
     pub fn status_for(&self, latest_target: Option<u64>) -> UpdateStatus {
         match latest_target {
             Some(seq) if seq > self.seq => UpdateStatus::ApplyingChanges,
-            _ => self.status,
+            _ => self.loop_status(),
+        }
+    }
+
+    /// Seek's status combined with the host part of the target (spec §4.3): when the apps
+    /// are done, a host OS install still running (or not yet looked at) is `applying
+    /// changes`, and a host part deliberately not reached is `aborted`.
+    pub fn loop_status(&self) -> UpdateStatus {
+        let Some(host) = &self.host else {
+            return self.status;
+        };
+        if self.status != UpdateStatus::Done {
+            return self.status;
+        }
+        if host.seq < self.seq {
+            return UpdateStatus::ApplyingChanges;
+        }
+        match host.phase {
+            host::HostPhase::Idle => UpdateStatus::Done,
+            host::HostPhase::Working => UpdateStatus::ApplyingChanges,
+            host::HostPhase::Aborted => UpdateStatus::Aborted,
+        }
+    }
+
+    /// The Device document of `GET /v3/device`, with `host` when a host OS is configured.
+    pub fn device_document(&self) -> std::borrow::Cow<'_, DeviceState> {
+        match &self.host {
+            None => std::borrow::Cow::Borrowed(&self.device),
+            Some(h) => {
+                let mut d = self.device.clone();
+                d.host = Some(h.document());
+                std::borrow::Cow::Owned(d)
+            }
         }
     }
 }
@@ -157,4 +193,59 @@ pub struct RemoteInfo {
     pub document_rejected: Option<String>,
     /// The device API key, once known (registered or configured).
     pub api_key: Option<crate::Secret>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host::{HostPhase, HostState};
+    use super::*;
+
+    #[test]
+    fn the_host_part_turns_done_into_applying_or_aborted() {
+        let with = |status, seq, host: Option<(u64, HostPhase)>| CurrentState {
+            status,
+            seq,
+            host: host.map(|(seq, phase)| HostState {
+                meta: crate::host::OsVersion::parse("balenaOS 6.0@b").unwrap(),
+                releases: Default::default(),
+                seq,
+                phase,
+            }),
+            ..Default::default()
+        };
+        use UpdateStatus::*;
+        assert_eq!(with(Done, 2, None).status_for(Some(2)), Done);
+        assert_eq!(
+            with(Done, 2, Some((2, HostPhase::Idle))).status_for(Some(2)),
+            Done
+        );
+        assert_eq!(
+            with(Done, 2, Some((2, HostPhase::Working))).status_for(Some(2)),
+            ApplyingChanges
+        );
+        assert_eq!(
+            with(Done, 2, Some((1, HostPhase::Idle))).loop_status(),
+            ApplyingChanges,
+            "the host part of target 2 is not looked at yet"
+        );
+        assert_eq!(
+            with(Done, 2, Some((2, HostPhase::Aborted))).loop_status(),
+            Aborted
+        );
+        assert_eq!(
+            with(Rejected, 2, Some((2, HostPhase::Aborted))).loop_status(),
+            Rejected,
+            "only a finished apply is turned"
+        );
+        assert_eq!(
+            with(Done, 2, Some((2, HostPhase::Aborted))).status_for(Some(3)),
+            ApplyingChanges
+        );
+        let doc = with(Done, 2, Some((2, HostPhase::Idle)));
+        assert_eq!(
+            doc.device_document().host.as_ref().unwrap()["meta"]["build"],
+            "b"
+        );
+        assert!(with(Done, 2, None).device_document().host.is_none());
+    }
 }

@@ -17,6 +17,7 @@ use log::{debug, error, info, warn};
 use crate::bus::{RemoteBus, StateBus, TargetBus, TargetSource};
 use crate::model::cloud as cloud_model;
 use crate::model::device::DeviceTarget;
+use crate::model::host::HOSTAPP_KEY;
 use crate::ports::cloud::{Cloud, CloudError, CloudSettings, Fetched};
 use crate::ports::store::Store;
 use crate::seek::{MarkRejected, Reapply};
@@ -368,11 +369,11 @@ impl PollActor {
         trigger: Option<TriggerPoll>,
     ) {
         let uuid = self.remote().uuid.clone();
-        let previous: Option<DeviceTarget> = self
-            .deps
-            .targets
-            .latest()
+        let latest = self.deps.targets.latest();
+        let previous: Option<DeviceTarget> = latest
+            .as_ref()
             .and_then(|t| serde_json::from_value((*t.target).clone()).ok());
+        let previous_host = latest.and_then(|t| t.target.get(HOSTAPP_KEY).cloned());
         let current = self.deps.state.get().model.clone();
         let keep = |app: &str| -> Option<crate::model::device::AppTarget> {
             previous
@@ -415,7 +416,7 @@ impl PollActor {
                     r.rejected = conv.rejected.clone();
                     r.document_rejected = None;
                 });
-                let value = match serde_json::to_value(&conv.target) {
+                let value = match conv.target_value() {
                     Ok(v) => v,
                     Err(e) => {
                         error!(error:% = e, decision = "reject"; "Target not serialisable");
@@ -425,7 +426,9 @@ impl PollActor {
                 let (force, cancel) = trigger
                     .map(|t| (t.force, t.cancel))
                     .unwrap_or((false, true));
-                let unchanged = previous.as_ref() == Some(&conv.target) && trigger.is_none();
+                let unchanged = previous.as_ref() == Some(&conv.target)
+                    && previous_host.as_ref() == value.get(HOSTAPP_KEY)
+                    && trigger.is_none();
                 let res = if unchanged {
                     debug!(actor = "poll", decision = "unchanged", reason = "same target, new ETag"; "Target fetched");
                     self.deps.store.put_target(&value, etag.as_deref())

@@ -35,6 +35,9 @@ pub enum LockError {
 pub struct Locks {
     root: PathBuf,
     held: Mutex<BTreeMap<String, Vec<(PathBuf, File)>>>,
+    /// Apps whose locks a long host operation keeps ([`Locks::keep`]): `release` and
+    /// `release_all` (the end of an apply) leave them until [`Locks::unkeep`].
+    kept: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Locks {
@@ -43,6 +46,7 @@ impl Locks {
         Locks {
             root: runtime_dir.join("update-locks"),
             held: Mutex::default(),
+            kept: Mutex::default(),
         }
     }
 
@@ -141,8 +145,37 @@ impl Locks {
         Ok(())
     }
 
-    /// Releases (deletes) the app's locks, and any lock files of ours left by a crash.
+    /// Takes the app's locks (as [`Locks::take`]) and keeps them through other holders'
+    /// releases until [`Locks::unkeep`] (a host OS update runs beside applies).
+    pub fn keep(&self, app: &str, force: bool) -> Result<(), LockError> {
+        self.take(app, force)?;
+        self.kept
+            .lock()
+            .expect("kept set is not poisoned")
+            .insert(app.to_string());
+        Ok(())
+    }
+
+    /// Ends a [`Locks::keep`] and releases the app's locks.
+    pub fn unkeep(&self, app: &str) {
+        self.kept
+            .lock()
+            .expect("kept set is not poisoned")
+            .remove(app);
+        self.release(app);
+    }
+
+    /// Releases (deletes) the app's locks, and any lock files of ours left by a crash; kept
+    /// locks stay.
     pub fn release(&self, app: &str) {
+        if self
+            .kept
+            .lock()
+            .expect("kept set is not poisoned")
+            .contains(app)
+        {
+            return;
+        }
         let mut held = self.held.lock().expect("lock table is not poisoned");
         for (p, _) in held.remove(app).unwrap_or_default() {
             let _ = std::fs::remove_file(p);
@@ -202,6 +235,25 @@ mod tests {
         locks.take("app", true).unwrap();
         assert!(locks.user_locks("app").is_empty());
         locks.release_all();
+        assert!(!locks.dir("app").join("updates.lock").exists());
+    }
+
+    #[test]
+    fn kept_locks_survive_other_releases_until_unkept() {
+        let d = tempfile::tempdir().unwrap();
+        let locks = Locks::new(d.path());
+        locks.keep("app", false).unwrap();
+        locks.take("app", false).unwrap();
+        locks.release_all();
+        locks.release("app");
+        assert_eq!(
+            locks.held("app").len(),
+            2,
+            "kept through an apply's release"
+        );
+        assert!(locks.dir("app").join("updates.lock").exists());
+        locks.unkeep("app");
+        assert!(locks.held("app").is_empty());
         assert!(!locks.dir("app").join("updates.lock").exists());
     }
 }

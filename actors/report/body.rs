@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value};
 
 use crate::model::device::{Device, DeviceTarget, Service};
+use crate::model::host::{repository, HostState, HostStatus, HOSTAPP_SERVICE};
 use crate::model::{RemoteInfo, UpdateStatus};
 use crate::ports::sysinfo::HostFacts;
 
@@ -53,15 +54,56 @@ fn container_status(s: &Service) -> &'static str {
     }
 }
 
+/// The host app (spec/helios-api-v3.md §5.2): one release per known host release, service
+/// `hostapp` with the host OS image repository; the running build is `Running`/`done` and the
+/// `release_uuid`, any other `Installing` with `applying changes` (or `aborted`).
+fn host_app(uuid: &str, host: &HostState, remote: &RemoteInfo, loop_status: UpdateStatus) -> Value {
+    let mut releases = Map::new();
+    let mut release_uuid = None;
+    for (rel, r) in host.releases.iter().filter(|(_, r)| r.app == uuid) {
+        let running = r.status == HostStatus::Running;
+        let (status, service) = match (running, loop_status) {
+            (true, _) => ("done", "Running"),
+            (false, UpdateStatus::Aborted) => ("aborted", "Installing"),
+            (false, _) => ("applying changes", "Installing"),
+        };
+        if running {
+            release_uuid = Some(rel.clone());
+        }
+        releases.insert(
+            rel.clone(),
+            json!({"update_status": status, "services": {HOSTAPP_SERVICE:
+                {"image": repository(&r.image), "status": service}}}),
+        );
+    }
+    if let Some((rel, _)) = remote.rejected.get(uuid) {
+        releases.insert(
+            rel.clone(),
+            json!({"update_status": "rejected", "services": {}}),
+        );
+    }
+    let mut app = Map::new();
+    if let Some(r) = release_uuid {
+        app.insert("release_uuid".into(), json!(r));
+    }
+    app.insert("releases".into(), Value::Object(releases));
+    Value::Object(app)
+}
+
 /// The `apps` section: only apps of the last remote target, each whole (spec §3).
 pub fn apps(
     dev: &Device,
     target: Option<&DeviceTarget>,
     remote: &RemoteInfo,
     loop_status: UpdateStatus,
+    host: Option<&HostState>,
 ) -> Value {
     let mut apps = Map::new();
     for uuid in &remote.authorized {
+        if let Some(h) = host.filter(|h| h.releases.values().any(|r| &r.app == uuid)) {
+            apps.insert(uuid.clone(), host_app(uuid, h, remote, loop_status));
+            continue;
+        }
         let cur = dev.apps.get(uuid);
         let tgt = target.and_then(|t| t.apps.get(uuid));
         if cur.is_none() && tgt.is_none() && !remote.rejected.contains_key(uuid) {
@@ -246,14 +288,14 @@ mod tests {
             json!({"apps": {"a": {"id": 1, "releases": {"r1": {"services": {"main":
             {"id": 1, "image": "img:1", "running": true, "config": {}}}}}, "networks": {}, "volumes": {}}}}),
         );
-        let apps = apps(&dev, Some(&tgt), &remote(&["a"]), UpdateStatus::Done);
+        let apps = apps(&dev, Some(&tgt), &remote(&["a"]), UpdateStatus::Done, None);
         assert_eq!(
             apps,
             json!({"a": {"release_uuid": "r1", "releases": {"r1": {"update_status": "done",
                 "services": {"main": {"image": "img:1", "status": "Running"}}}}}})
         );
         assert_eq!(
-            super::apps(&dev, Some(&tgt), &remote(&[]), UpdateStatus::Done),
+            super::apps(&dev, Some(&tgt), &remote(&[]), UpdateStatus::Done, None),
             json!({}),
             "only authorized apps"
         );
@@ -271,7 +313,7 @@ mod tests {
         );
         let mut r = remote(&["a", "b"]);
         r.rejected.insert("b".into(), ("rb".into(), "bad".into()));
-        let apps = apps(&dev, Some(&tgt), &r, UpdateStatus::ApplyingChanges);
+        let apps = apps(&dev, Some(&tgt), &r, UpdateStatus::ApplyingChanges, None);
         assert_eq!(apps["a"]["releases"]["r2"]["update_status"], "downloading");
         assert_eq!(
             apps["a"]["releases"]["r2"]["services"]["main"]["download_progress"],
@@ -285,6 +327,59 @@ mod tests {
         assert_eq!(
             apps["b"]["releases"]["rb"],
             json!({"update_status": "rejected", "services": {}})
+        );
+    }
+
+    #[test]
+    fn the_host_app_reports_one_release_per_known_host_release() {
+        use crate::model::host::{HostPhase, HostRelease};
+        let rel = |build: &str, status| HostRelease {
+            app: "host".into(),
+            image: "reg:5000/hostos:6.1".into(),
+            build: build.into(),
+            updater: "reg:5000/updater:latest".into(),
+            status,
+            install_attempts: 0,
+        };
+        let host = HostState {
+            meta: crate::host::OsVersion::parse("balenaOS 6.0@b1").unwrap(),
+            releases: [
+                ("old".to_string(), rel("b1", HostStatus::Running)),
+                ("new".to_string(), rel("b2", HostStatus::Installed)),
+            ]
+            .into(),
+            seq: 1,
+            phase: HostPhase::Aborted,
+        };
+        let dev = device(json!({"images": {}, "apps": {}}));
+        let apps = apps(
+            &dev,
+            None,
+            &remote(&["host"]),
+            UpdateStatus::Aborted,
+            Some(&host),
+        );
+        assert_eq!(
+            apps,
+            json!({"host": {"release_uuid": "old", "releases": {
+                "old": {"update_status": "done", "services": {"hostapp": {"image": "reg:5000/hostos", "status": "Running"}}},
+                "new": {"update_status": "aborted", "services": {"hostapp": {"image": "reg:5000/hostos", "status": "Installing"}}}}}})
+        );
+        let working = super::apps(
+            &dev,
+            None,
+            &remote(&["host"]),
+            UpdateStatus::ApplyingChanges,
+            Some(&host),
+        );
+        assert_eq!(
+            working["host"]["releases"]["new"]["update_status"],
+            "applying changes"
+        );
+        assert_eq!(
+            super::apps(&dev, None, &remote(&[]), UpdateStatus::Done, Some(&host)),
+            json!({}),
+            "only when authorized"
         );
     }
 

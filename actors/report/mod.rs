@@ -195,7 +195,13 @@ impl ReportActor {
         }
         m.insert(
             "apps".into(),
-            body::apps(&state.model, state.target.as_ref(), &remote, state.status),
+            body::apps(
+                &state.model,
+                state.target.as_ref(),
+                &remote,
+                state.loop_status(),
+                state.host.as_ref(),
+            ),
         );
         m
     }

@@ -169,6 +169,7 @@ impl View {
             self.target.as_ref(),
             &remote,
             self.cur.status,
+            None,
         )
     }
 }

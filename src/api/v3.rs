@@ -39,7 +39,8 @@ pub async fn capabilities(state: web::Data<ApiState>) -> impl Responder {
 
 /// `GET /v3/device` → the current-state Device document (§4.4).
 pub async fn device(state: web::Data<ApiState>) -> impl Responder {
-    HttpResponse::Ok().json(&state.state.get().device)
+    let cur = state.state.get();
+    HttpResponse::Ok().json(cur.device_document().as_ref())
 }
 
 /// `GET /v3/device/apps/{uuid}` → one app of the document, or 404.

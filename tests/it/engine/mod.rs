@@ -5,6 +5,7 @@ mod crash;
 mod device_api;
 mod faults;
 mod host_config;
+mod hup;
 pub mod infra_smoke;
 mod power;
 mod remote;

@@ -342,3 +342,60 @@ impl Drop for PrivateBus {
         self.stop();
     }
 }
+
+/// Builds an image the way `scripts/test` does (`docker import` of a busybox-static rootfs,
+/// here through the engine API) with `files` (path, contents, mode) added, pushes it as
+/// `<registry>/<name>` and removes it from the engine again, so a test pulls it for real.
+/// Returns the reference.
+pub async fn push_image_with(
+    infra: &Infra,
+    d: &Docker,
+    name: &str,
+    files: &[(&str, &[u8], u32)],
+) -> String {
+    use futures::StreamExt;
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (scripts/test installs it)");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        tar.append_data(&mut h, path, data).unwrap();
+    };
+    add("bin/busybox", &std::fs::read(busybox).unwrap(), 0o755);
+    for (path, data, mode) in files {
+        add(path.trim_start_matches('/'), data, *mode);
+    }
+    let body = tar.into_inner().unwrap();
+    let reference = format!("{}/{name}", infra.registry);
+    let (repo, tag) = reference.rsplit_once(':').expect("name has a tag");
+    let opts = bollard::query_parameters::CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(repo)
+        .tag(tag)
+        .build();
+    let mut s = d.create_image(Some(opts), Some(bollard::body_full(body.into())), None);
+    while let Some(r) = s.next().await {
+        r.unwrap_or_else(|e| panic!("importing {reference}: {e}"));
+    }
+    let opts = bollard::query_parameters::PushImageOptionsBuilder::default()
+        .tag(tag)
+        .build();
+    let creds = bollard::auth::DockerCredentials::default();
+    let mut s = d.push_image(repo, Some(opts), Some(creds));
+    while let Some(r) = s.next().await {
+        let info = r.unwrap_or_else(|e| panic!("pushing {reference}: {e}"));
+        assert!(info.error_detail.is_none(), "pushing {reference}: {info:?}");
+    }
+    let opts = RemoveImageOptionsBuilder::default().force(true).build();
+    d.remove_image(&reference, Some(opts), None)
+        .await
+        .unwrap_or_else(|e| panic!("removing {reference} after the push: {e}"));
+    reference
+}

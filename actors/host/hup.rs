@@ -1,0 +1,537 @@
+//! Host OS updates (spec/helios-api-v3.md §9): the host release records, the pure decision of
+//! what to do about the host part of a target, and the install itself (pull the updater, copy
+//! its `/app` out of a never-started `balenahup` container, run `entry.sh` as the transient
+//! unit `os-update.service`, leave the breadcrumb). HostActor (mod.rs) sequences them.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::host::{HostPhase, HostRelease, HostStatus, HostTarget, HOSTAPP_KEY};
+use crate::ports::dbus::{Bus, BusError, TransientUnit};
+use crate::ports::engine::{Engine, EngineError};
+
+/// At most this many installs of one release (then `aborted` until the count resets).
+pub const MAX_ATTEMPTS: u32 = 3;
+/// A record older than this starts counting its attempts again (spec §9).
+pub const ATTEMPTS_RESET: Duration = Duration::from_secs(24 * 3600);
+/// The transient unit the updater runs as.
+pub const UNIT: &str = "os-update.service";
+/// The container the updater scripts are copied out of (created, never started).
+pub const CONTAINER: &str = "balenahup";
+/// Store key of the host release records (one map, release uuid → [`Record`]).
+pub const RECORDS_KEY: &str = "host/releases";
+/// How long the updater may run before it counts as failed.
+pub const UNIT_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+/// Largest updater `/app` accepted.
+const MAX_APP_BYTES: usize = 256 << 20;
+
+/// A known host release as stored (the status is re-derived at every read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub app: String,
+    pub image: String,
+    pub build: String,
+    pub updater: String,
+    pub install_attempts: u32,
+    /// When the record was created, or its attempts last reset (ms since the epoch).
+    pub since_ms: u64,
+}
+
+pub type Records = BTreeMap<String, Record>;
+
+/// What a target says about the host OS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostWant {
+    /// A local target (no host part): the host follows the current state.
+    Local,
+    /// A remote target; None when it has no (usable) hostapp.
+    Remote(Option<HostTarget>),
+}
+
+impl HostWant {
+    /// Reads the host part of a target document (see [`HOSTAPP_KEY`]).
+    pub fn of(target: &Value) -> Result<HostWant, serde_json::Error> {
+        match target.get(HOSTAPP_KEY) {
+            None => Ok(HostWant::Local),
+            Some(v) => Ok(HostWant::Remote(serde_json::from_value(v.clone())?)),
+        }
+    }
+}
+
+/// `running` if the build is the running OS build, else `installed` if the breadcrumb exists,
+/// else `created` (spec §9).
+pub fn status(build: &str, os_build: Option<&str>, breadcrumb: bool) -> HostStatus {
+    if os_build == Some(build) {
+        HostStatus::Running
+    } else if breadcrumb {
+        HostStatus::Installed
+    } else {
+        HostStatus::Created
+    }
+}
+
+/// Brings the records in line with the target release: *initialise* it, *update metadata*
+/// when only the updater (or image) changed, reset its attempts when the record is older than
+/// [`ATTEMPTS_RESET`], and *remove* records of releases no longer targeted. Returns whether
+/// anything changed.
+pub fn reconcile(records: &mut Records, target: &HostTarget, now_ms: u64) -> bool {
+    let before = records.clone();
+    records.retain(|rel, _| *rel == target.release);
+    let r = records
+        .entry(target.release.clone())
+        .or_insert_with(|| Record {
+            app: target.app.clone(),
+            image: target.image.clone(),
+            build: target.build.clone(),
+            updater: target.updater.clone(),
+            install_attempts: 0,
+            since_ms: now_ms,
+        });
+    r.app.clone_from(&target.app);
+    r.image.clone_from(&target.image);
+    r.build.clone_from(&target.build);
+    r.updater.clone_from(&target.updater);
+    if now_ms.saturating_sub(r.since_ms) > ATTEMPTS_RESET.as_millis() as u64 {
+        r.install_attempts = 0;
+        r.since_ms = now_ms;
+    }
+    *records != before
+}
+
+/// What to do about the host part of the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to do.
+    Idle { reason: &'static str },
+    /// Run the updater; `attempt` is 1-based.
+    Install { attempt: u32 },
+    /// The release is installed: waiting for the reboot into it.
+    AwaitReboot,
+    /// Too many failed installs.
+    GiveUp { attempts: u32 },
+    /// The remote target has no hostapp: the device keeps its OS.
+    NoHostapp,
+}
+
+impl Decision {
+    pub fn phase(&self) -> HostPhase {
+        match self {
+            Decision::Idle { .. } => HostPhase::Idle,
+            Decision::Install { .. } => HostPhase::Working,
+            Decision::AwaitReboot | Decision::GiveUp { .. } | Decision::NoHostapp => {
+                HostPhase::Aborted
+            }
+        }
+    }
+}
+
+/// Decides from the target's host part and the target release's status and attempts. Install
+/// only from `created` with fewer than [`MAX_ATTEMPTS`] attempts (spec §9).
+pub fn decide(want: Option<&HostWant>, target_release: Option<(HostStatus, u32)>) -> Decision {
+    match want {
+        None => Decision::Idle {
+            reason: "no target yet",
+        },
+        Some(HostWant::Local) => Decision::Idle {
+            reason: "local target: the host OS stays as it is",
+        },
+        Some(HostWant::Remote(None)) => Decision::NoHostapp,
+        Some(HostWant::Remote(Some(_))) => match target_release {
+            Some((HostStatus::Running, _)) => Decision::Idle {
+                reason: "the target host release runs",
+            },
+            Some((HostStatus::Installed, _)) => Decision::AwaitReboot,
+            Some((HostStatus::Created, n)) if n >= MAX_ATTEMPTS => Decision::GiveUp { attempts: n },
+            Some((HostStatus::Created, n)) => Decision::Install { attempt: n + 1 },
+            // reconcile() always records the target release first.
+            None => Decision::Idle {
+                reason: "the target host release is not recorded",
+            },
+        },
+    }
+}
+
+/// Where the files of an install are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paths {
+    /// The runtime dir as this process sees it.
+    pub runtime_dir: PathBuf,
+    /// The same dir as the host (and so systemd) sees it.
+    pub host_runtime_dir: PathBuf,
+}
+
+impl Paths {
+    /// `<runtime dir>/balenahup-<release>-breadcrumb`.
+    pub fn breadcrumb(&self, release: &str) -> PathBuf {
+        self.runtime_dir
+            .join(format!("balenahup-{release}-breadcrumb"))
+    }
+
+    /// `<runtime dir>/balenahup/`: the extracted updater scripts.
+    pub fn scripts(&self) -> PathBuf {
+        self.runtime_dir.join("balenahup")
+    }
+
+    /// The unit systemd runs: `<host runtime dir>/balenahup/entry.sh --app-uuid <app>
+    /// --release-commit <release> --target-image-uri <image>` in `<host runtime dir>/balenahup`.
+    pub fn unit(&self, t: &HostTarget) -> TransientUnit {
+        let dir = self.host_runtime_dir.join("balenahup");
+        TransientUnit {
+            name: UNIT.to_string(),
+            argv: vec![
+                dir.join("entry.sh").display().to_string(),
+                "--app-uuid".into(),
+                t.app.clone(),
+                "--release-commit".into(),
+                t.release.clone(),
+                "--target-image-uri".into(),
+                t.image.clone(),
+            ],
+            working_directory: dir.display().to_string(),
+        }
+    }
+}
+
+/// The host releases as `/v3/device` shows them, statuses derived now.
+pub fn releases(
+    records: &Records,
+    os_build: Option<&str>,
+    paths: &Paths,
+) -> BTreeMap<String, HostRelease> {
+    records
+        .iter()
+        .map(|(rel, r)| {
+            let st = status(&r.build, os_build, paths.breadcrumb(rel).exists());
+            (
+                rel.clone(),
+                HostRelease {
+                    app: r.app.clone(),
+                    image: r.image.clone(),
+                    build: r.build.clone(),
+                    updater: r.updater.clone(),
+                    status: st,
+                    install_attempts: r.install_attempts,
+                },
+            )
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HupError {
+    #[error("{step}")]
+    Engine {
+        step: &'static str,
+        #[source]
+        source: EngineError,
+    },
+    #[error("copying the updater scripts to {}", .path.display())]
+    Copy {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the updater image has no /app/entry.sh")]
+    NoEntry,
+    #[error("running {UNIT}")]
+    Bus {
+        #[source]
+        source: BusError,
+    },
+    #[error("{UNIT} ended {} with status {status}", if *.failed { "failed" } else { "inactive" })]
+    Exit { failed: bool, status: i32 },
+}
+
+impl HupError {
+    /// The bus failed (rather than the updater): worth probing it again.
+    pub fn is_bus(&self) -> bool {
+        matches!(self, HupError::Bus { .. })
+    }
+}
+
+fn engine(step: &'static str) -> impl FnOnce(EngineError) -> HupError {
+    move |source| HupError::Engine { step, source }
+}
+
+/// One install attempt (the attempt is already counted): fetch the updater scripts, run them as
+/// `os-update.service`, and on success leave the breadcrumb.
+pub async fn install(
+    engine_: &Engine,
+    bus: &Bus,
+    paths: &Paths,
+    target: &HostTarget,
+) -> Result<(), HupError> {
+    fetch_scripts(engine_, paths, &target.updater).await?;
+    let exit = bus
+        .run_transient(&paths.unit(target), UNIT_TIMEOUT)
+        .await
+        .map_err(|source| HupError::Bus { source })?;
+    if !exit.success() {
+        return Err(HupError::Exit {
+            failed: exit.failed,
+            status: exit.exec_main_status,
+        });
+    }
+    let crumb = paths.breadcrumb(&target.release);
+    std::fs::write(&crumb, b"").map_err(|source| HupError::Copy {
+        path: crumb,
+        source,
+    })
+}
+
+/// Removes an old `balenahup` container, pulls the updater, creates `balenahup` from it (never
+/// started), copies its `/app` to `<runtime dir>/balenahup/` and removes the container and
+/// the image again.
+async fn fetch_scripts(e: &Engine, paths: &Paths, updater: &str) -> Result<(), HupError> {
+    e.remove_container(CONTAINER)
+        .await
+        .map_err(engine("removing an old balenahup container"))?;
+    e.pull(updater, |_| {})
+        .await
+        .map_err(engine("pulling the updater image"))?;
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(updater.to_string()),
+        cmd: Some(vec!["/app/entry.sh".into()]),
+        ..Default::default()
+    };
+    e.create_container(CONTAINER, body, vec![])
+        .await
+        .map_err(engine("creating the balenahup container"))?;
+    let copied = download_app(e).await;
+    let removed = e.remove_container(CONTAINER).await;
+    if let Err(err) = e.remove_image(updater).await {
+        log::debug!(image:% = updater, error:% = crate::ErrorChain(&err), decision = "continue";
+            "Updater image not removed");
+    }
+    let tar = copied?;
+    removed.map_err(engine("removing the balenahup container"))?;
+    let dest = paths.scripts();
+    tokio::task::spawn_blocking(move || unpack_app(&tar, &dest))
+        .await
+        .map_err(|e| HupError::Copy {
+            path: paths.scripts(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+async fn download_app(e: &Engine) -> Result<Vec<u8>, HupError> {
+    let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
+        .path("/app")
+        .build();
+    let mut stream = e.docker().download_from_container(CONTAINER, Some(opts));
+    let mut tar = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| HupError::Engine {
+            step: "copying /app out of the balenahup container",
+            source: EngineError::Call {
+                call: "download from container",
+                source,
+            },
+        })?;
+        if tar.len() + chunk.len() > MAX_APP_BYTES {
+            return Err(HupError::Copy {
+                path: PathBuf::from("/app"),
+                source: std::io::Error::other("the updater's /app is larger than 256 MiB"),
+            });
+        }
+        tar.extend_from_slice(&chunk);
+    }
+    Ok(tar)
+}
+
+/// Unpacks the engine's archive of `/app` (entries under `app/`) so that `dest` holds what
+/// `/app` held; the previous scripts are replaced whole.
+pub fn unpack_app(tar: &[u8], dest: &Path) -> Result<(), HupError> {
+    let copy = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HupError::Copy { path, source }
+    };
+    let staging = dest.with_extension("new");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(copy(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(copy(&staging))?;
+    let mut archive = tar::Archive::new(tar);
+    archive.set_preserve_permissions(true);
+    // `unpack` refuses entries that would land outside `staging`.
+    archive.unpack(&staging).map_err(copy(&staging))?;
+    let app = staging.join("app");
+    if !app.join("entry.sh").is_file() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(HupError::NoEntry);
+    }
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(copy(dest))?;
+    }
+    std::fs::rename(&app, dest).map_err(copy(dest))?;
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(release: &str) -> HostTarget {
+        HostTarget {
+            app: "host-app".into(),
+            release: release.into(),
+            image: "reg/hostos@sha256:ab".into(),
+            build: "rev-2".into(),
+            updater: "reg/updater:latest".into(),
+        }
+    }
+
+    #[test]
+    fn status_is_running_then_installed_then_created() {
+        assert_eq!(status("rev-2", Some("rev-2"), true), HostStatus::Running);
+        assert_eq!(status("rev-2", Some("rev-1"), true), HostStatus::Installed);
+        assert_eq!(status("rev-2", Some("rev-1"), false), HostStatus::Created);
+        assert_eq!(status("rev-2", None, false), HostStatus::Created);
+    }
+
+    #[test]
+    fn installs_only_from_created_with_fewer_than_three_attempts() {
+        let remote = HostWant::Remote(Some(target("r2")));
+        assert_eq!(
+            decide(Some(&remote), Some((HostStatus::Created, 0))),
+            Decision::Install { attempt: 1 }
+        );
+        assert_eq!(
+            decide(Some(&remote), Some((HostStatus::Created, 2))),
+            Decision::Install { attempt: 3 }
+        );
+        let give_up = decide(Some(&remote), Some((HostStatus::Created, 3)));
+        assert_eq!(give_up, Decision::GiveUp { attempts: 3 });
+        assert_eq!(give_up.phase(), HostPhase::Aborted);
+        let reboot = decide(Some(&remote), Some((HostStatus::Installed, 1)));
+        assert_eq!(
+            (reboot.clone(), reboot.phase()),
+            (Decision::AwaitReboot, HostPhase::Aborted)
+        );
+        let running = decide(Some(&remote), Some((HostStatus::Running, 0)));
+        assert_eq!(running.phase(), HostPhase::Idle);
+    }
+
+    #[test]
+    fn local_targets_keep_the_host_and_remote_ones_without_hostapp_abort() {
+        assert_eq!(decide(None, None).phase(), HostPhase::Idle);
+        assert_eq!(
+            decide(Some(&HostWant::Local), Some((HostStatus::Created, 0))).phase(),
+            HostPhase::Idle,
+            "a local apply never triggers an OS update"
+        );
+        let none = decide(Some(&HostWant::Remote(None)), None);
+        assert_eq!(
+            (none.clone(), none.phase()),
+            (Decision::NoHostapp, HostPhase::Aborted)
+        );
+        assert_eq!(
+            HostWant::of(&serde_json::json!({"apps": {}})).unwrap(),
+            HostWant::Local
+        );
+        assert_eq!(
+            HostWant::of(&serde_json::json!({"apps": {}, "hostapp": null})).unwrap(),
+            HostWant::Remote(None)
+        );
+        let t = serde_json::to_value(target("r2")).unwrap();
+        assert_eq!(
+            HostWant::of(&serde_json::json!({"hostapp": t})).unwrap(),
+            HostWant::Remote(Some(target("r2")))
+        );
+    }
+
+    #[test]
+    fn reconcile_initialises_updates_metadata_removes_others_and_resets_after_a_day() {
+        let mut recs = Records::new();
+        assert!(reconcile(&mut recs, &target("r1"), 1000));
+        recs.get_mut("r1").unwrap().install_attempts = 2;
+        assert!(
+            !reconcile(&mut recs, &target("r1"), 2000),
+            "nothing changed"
+        );
+        let mut newer = target("r1");
+        newer.updater = "reg/updater:2".into();
+        assert!(reconcile(&mut recs, &newer, 3000));
+        assert_eq!(recs["r1"].updater, "reg/updater:2");
+        assert_eq!(recs["r1"].install_attempts, 2, "metadata only");
+        let day = ATTEMPTS_RESET.as_millis() as u64;
+        assert!(reconcile(&mut recs, &newer, 1000 + day + 1));
+        assert_eq!(recs["r1"].install_attempts, 0, "reset after 24 h");
+        assert!(reconcile(&mut recs, &target("r2"), 5000));
+        assert_eq!(
+            recs.keys().collect::<Vec<_>>(),
+            ["r2"],
+            "untargeted releases removed"
+        );
+    }
+
+    #[test]
+    fn the_unit_runs_entry_sh_with_the_three_flags_in_the_host_runtime_dir() {
+        let p = Paths {
+            runtime_dir: "/tmp/run".into(),
+            host_runtime_dir: "/tmp".into(),
+        };
+        let u = p.unit(&target("r2"));
+        assert_eq!(u.name, "os-update.service");
+        assert_eq!(
+            u.argv,
+            [
+                "/tmp/balenahup/entry.sh",
+                "--app-uuid",
+                "host-app",
+                "--release-commit",
+                "r2",
+                "--target-image-uri",
+                "reg/hostos@sha256:ab"
+            ]
+        );
+        assert_eq!(u.working_directory, "/tmp/balenahup");
+        assert_eq!(
+            p.breadcrumb("r2"),
+            Path::new("/tmp/run/balenahup-r2-breadcrumb")
+        );
+    }
+
+    #[test]
+    fn unpack_app_replaces_the_scripts_and_needs_entry_sh() {
+        use std::os::unix::fs::PermissionsExt;
+        let archive = |files: &[(&str, &[u8], u32)]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (path, data, mode) in files {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(*mode);
+                h.set_cksum();
+                b.append_data(&mut h, path, *data).unwrap();
+            }
+            b.into_inner().unwrap()
+        };
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("balenahup");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::write(dest.join("stale"), b"x").unwrap();
+        let tar = archive(&[
+            ("app/entry.sh", b"#!/bin/sh\n", 0o755),
+            ("app/lib/x", b"y", 0o644),
+        ]);
+        unpack_app(&tar, &dest).unwrap();
+        let mode = std::fs::metadata(dest.join("entry.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(std::fs::read(dest.join("lib/x")).unwrap(), b"y");
+        assert!(!dest.join("stale").exists(), "replaced whole");
+        let bad = archive(&[("app/other.sh", b"", 0o755)]);
+        assert!(matches!(unpack_app(&bad, &dest), Err(HupError::NoEntry)));
+        assert!(
+            dest.join("entry.sh").exists(),
+            "a bad archive leaves the old scripts"
+        );
+    }
+}
