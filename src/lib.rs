@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod healthcheck;
 pub mod logging;
 pub mod startup;
 pub mod version;

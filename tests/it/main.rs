@@ -2,6 +2,7 @@
 //! `scripts/test`), and fakes only of the cloud and the legacy supervisor. Tests that drive an
 //! agent against the engine live in `engine::` and run one at a time (nextest group `engine`).
 mod cli;
+mod deploy;
 mod device_api_auth;
 mod engine;
 mod fake_cloud_selftest;

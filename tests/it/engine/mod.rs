@@ -2,6 +2,7 @@
 mod actions;
 mod apply;
 mod device_api;
+mod image;
 pub mod infra_smoke;
 mod power;
 mod remote;
