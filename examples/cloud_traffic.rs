@@ -31,6 +31,11 @@
 //! * after the run it stops the agent (SIGTERM, then SIGKILL) and prints what the wire saw and
 //!   the figures scaled to the defaults.
 //!
+//! `--serve APPS_FILE` runs only the fake API (no relay, no agent) until killed, for
+//! `scripts/bench`: it prints `endpoint=<url> uuid=<uuid> api_key=<key>` on one line and serves a
+//! target whose `apps` object is read from APPS_FILE at every poll (the ETag follows the content),
+//! so rewriting the file publishes a new target.
+//!
 //! Scaling (printed with the figures):
 //! * polls: an idle device polls every 900 s + a uniform jitter of 0..=60 s (mean 30 s), and
 //!   once it holds the target every answer is a 304: per hour 3600 / 930 = 3.87 polls of the
@@ -97,13 +102,16 @@ struct Args {
     seconds: u64,
     binary: PathBuf,
     show_wire: bool,
+    serve: Option<PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!("usage: cloud_traffic [--seconds N] [--show-wire] [--binary PATH | PATH]");
+    eprintln!("       cloud_traffic --serve APPS_FILE");
     eprintln!("  --seconds N     length of the run (default 60, at least 10)");
     eprintln!("  --show-wire     also print the first poll, 304 and report exchanges as sent");
     eprintln!("  --binary PATH   the helios binary to measure (default target/release/helios)");
+    eprintln!("  --serve FILE    only serve a target whose apps are FILE's JSON, until killed");
     std::process::exit(2)
 }
 
@@ -111,6 +119,7 @@ fn parse_args() -> Args {
     let mut seconds = 60;
     let mut binary = None;
     let mut show_wire = false;
+    let mut serve = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -122,6 +131,7 @@ fn parse_args() -> Args {
             }
             "--binary" => binary = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             "--show-wire" => show_wire = true,
+            "--serve" => serve = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             "-h" | "--help" => usage(),
             s if s.starts_with('-') => usage(),
             s => binary = Some(PathBuf::from(s)),
@@ -133,6 +143,7 @@ fn parse_args() -> Args {
         seconds,
         binary,
         show_wire,
+        serve,
     }
 }
 
@@ -338,8 +349,26 @@ fn start_relay(upstream: SocketAddr, wire: SharedWire) -> SocketAddr {
 struct Api {
     target: Vec<u8>,
     etag: String,
+    /// `--serve`: the target's `apps` are read from this file at every poll.
+    apps_file: Option<PathBuf>,
     gets: AtomicU64,
     patches: AtomicU64,
+}
+
+impl Api {
+    /// The target document and its ETag as of now.
+    fn current(&self) -> (Vec<u8>, String) {
+        let Some(path) = &self.apps_file else {
+            return (self.target.clone(), self.etag.clone());
+        };
+        let apps = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .unwrap_or_else(|| json!({}));
+        let target = target_document_with(apps);
+        let etag = etag(&target);
+        (target, etag)
+    }
 }
 
 /// An Express-style weak ETag, `W/"<length in hex>-<27 base64 chars>"`, the shape and length
@@ -373,20 +402,21 @@ async fn get_state(api: web::Data<Api>, req: HttpRequest, uuid: web::Path<String
     if !authorized(&req) || uuid.as_str() != UUID {
         return HttpResponse::Unauthorized().body("Unauthorized");
     }
+    let (target, current_etag) = api.current();
     let inm = req
         .headers()
         .get("if-none-match")
         .and_then(|v| v.to_str().ok());
     let strip = |t: &str| t.trim().trim_start_matches("W/").to_owned();
-    if inm.is_some_and(|h| h.split(',').any(|t| strip(t) == strip(&api.etag))) {
+    if inm.is_some_and(|h| h.split(',').any(|t| strip(t) == strip(&current_etag))) {
         return HttpResponse::NotModified()
-            .insert_header(("ETag", api.etag.clone()))
+            .insert_header(("ETag", current_etag))
             .finish();
     }
     HttpResponse::Ok()
-        .insert_header(("ETag", api.etag.clone()))
+        .insert_header(("ETag", current_etag))
         .content_type("application/json; charset=utf-8")
-        .body(api.target.clone())
+        .body(target)
 }
 
 async fn patch_state(api: web::Data<Api>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
@@ -442,6 +472,34 @@ fn target_document() -> Vec<u8> {
         "io.balena.features.supervisor-api": "1",
         "io.balena.update.strategy": "download-then-kill"
     });
+    target_document_with(json!({ APP_UUID: {
+        "id": 2167345,
+        "name": "sensor-gateway",
+        "is_host": false,
+        "class": "fleet",
+        "releases": { RELEASE: {
+            "id": 3100456,
+            "services": { "main": {
+                "id": 1843001,
+                "image_id": 5632118,
+                "image": "busybox:latest",
+                "environment": { "LOG_LEVEL": "info" },
+                "labels": labels.clone(),
+                "composition": {
+                    "restart": "always",
+                    "command": ["sh", "-c", "while true; do sleep 3600; done"],
+                    "environment": { "LOG_LEVEL": "info" },
+                    "labels": labels
+                }
+            }},
+            "volumes": {},
+            "networks": {}
+        }}
+    }}))
+}
+
+/// The device document around `apps`.
+fn target_document_with(apps: Value) -> Vec<u8> {
     let doc = json!({ UUID: {
         "name": "quiet-harbor",
         "config": {
@@ -452,30 +510,7 @@ fn target_document() -> Vec<u8> {
             "RESIN_SUPERVISOR_VPN_CONTROL": "true",
             "BALENA_HOST_FIREWALL_MODE": "auto"
         },
-        "apps": { APP_UUID: {
-            "id": 2167345,
-            "name": "sensor-gateway",
-            "is_host": false,
-            "class": "fleet",
-            "releases": { RELEASE: {
-                "id": 3100456,
-                "services": { "main": {
-                    "id": 1843001,
-                    "image_id": 5632118,
-                    "image": "busybox:latest",
-                    "environment": { "LOG_LEVEL": "info" },
-                    "labels": labels.clone(),
-                    "composition": {
-                        "restart": "always",
-                        "command": ["sh", "-c", "while true; do sleep 3600; done"],
-                        "environment": { "LOG_LEVEL": "info" },
-                        "labels": labels
-                    }
-                }},
-                "volumes": {},
-                "networks": {}
-            }}
-        }}
+        "apps": apps
     }});
     serde_json::to_vec(&doc).expect("a Value serialises")
 }
@@ -629,6 +664,21 @@ fn metric_only_estimate(first: &Exchange) -> Option<(u64, Vec<String>)> {
     Some(((head + new_body.len()) as u64, keys))
 }
 
+/// `--serve`: the fake API alone, until the process is killed.
+fn serve(apps_file: PathBuf) -> ! {
+    let api = web::Data::new(Api {
+        target: Vec::new(),
+        etag: String::new(),
+        apps_file: Some(apps_file),
+        gets: AtomicU64::new(0),
+        patches: AtomicU64::new(0),
+    });
+    let (addr, _handle, thread) = start_api(api);
+    println!("endpoint=http://{addr} uuid={UUID} api_key={API_KEY}");
+    let _ = thread.join();
+    std::process::exit(0)
+}
+
 fn main() {
     let args = parse_args();
     if !args.binary.is_file() {
@@ -639,10 +689,14 @@ fn main() {
         std::process::exit(1);
     }
 
+    if let Some(apps_file) = args.serve {
+        serve(apps_file);
+    }
     let target = target_document();
     let api = web::Data::new(Api {
         etag: etag(&target),
         target,
+        apps_file: None,
         gets: AtomicU64::new(0),
         patches: AtomicU64::new(0),
     });

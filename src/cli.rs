@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Register with the remote (if not registered yet) and run; same flags as the daemon.
     Register,
+    /// GET /ping on the local API (its unix socket if it has one); exit 0 if it answers 200,
+    /// else 1. The container image's HEALTHCHECK.
+    Healthcheck,
 }
 
 /// Flags shared by the daemon and its subcommands. `[env: X]` names the variable that sets the

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod fuzzing;
+pub mod healthcheck;
 pub mod logging;
 pub mod startup;
 pub mod version;

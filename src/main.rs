@@ -1,7 +1,7 @@
 //! helios entry point: parse flags, resolve the configuration, run the agent.
 use clap::Parser;
 
-use helios::cli::Cli;
+use helios::cli::{Cli, Command};
 use helios::config::{self, Inputs};
 use helios::exit::ExitCode;
 
@@ -20,6 +20,15 @@ fn main() -> std::process::ExitCode {
             return ExitCode::Usage.into();
         }
     };
+    if let Some(Command::Healthcheck) = cli.command {
+        return match helios::healthcheck::probe(&config.listen) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {}", helios_actors::ErrorChain(&e));
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let code = actix::System::new().block_on(helios::run(config, helios::stop_signal(), |_| {}));
     code.into()
 }

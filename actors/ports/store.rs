@@ -69,7 +69,8 @@ pub enum Opened {
 pub enum Durability {
     /// Flushed (fsync) before returning.
     Flush,
-    /// On disk within sled's flush interval (500 ms) or at the next flush.
+    /// On disk at the next flush: a `Flush` write, a removal, or the flush at shutdown. Lost on
+    /// a crash before that (the store has no background flusher).
     Lazy,
 }
 
@@ -334,11 +335,14 @@ impl Default for OpenOptions {
     }
 }
 
+/// No background flusher: it fsyncs the log every 500 ms even when nothing changed (a wakeup
+/// twice a second and a thread). Writes reach the disk through explicit flushes only.
 fn open_sled(dir: &Path, cache_capacity: u64) -> sled::Result<sled::Db> {
     sled::Config::new()
         .path(dir)
         .cache_capacity(cache_capacity)
         .mode(sled::Mode::LowSpace)
+        .flush_every_ms(None)
         .open()
 }
 

@@ -3,6 +3,7 @@
 //! agent against the engine live in `engine::` and run one at a time (nextest group `engine`).
 mod capabilities;
 mod cli;
+mod deploy;
 mod device_api_auth;
 mod engine;
 mod fake_cloud_selftest;

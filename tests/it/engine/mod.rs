@@ -6,6 +6,7 @@ mod device_api;
 mod faults;
 mod host_config;
 mod hup;
+mod image;
 pub mod infra_smoke;
 mod power;
 mod remote;
