@@ -225,7 +225,10 @@ fn seed_app() -> Value {
 
 fn seed_cloud() -> Value {
     json!({"dev": {"name": "quiet-harbor", "config": {"BALENA_SUPERVISOR_POLL_INTERVAL": "900000"},
-        "apps": {"app1": seed_app(), "host": {"id": 2, "name": "os", "is_host": true, "releases": {}}}}})
+        "apps": {"app1": seed_app(), "host": {"id": 2, "name": "os", "is_host": true, "releases": {"hr1": {"id": 3,
+            "services": {"hostapp": {"id": 4, "image": "registry/hostos:1", "labels": {
+                "io.balena.image.class": "hostapp", "io.balena.private.updater": "registry/updater:1",
+                "io.balena.private.hostapp.board-rev": "rev1"}}}}}}}}})
 }
 
 /// config.example.toml with every key set.
