@@ -7,4 +7,5 @@ mod engine;
 mod fake_cloud_selftest;
 mod infra_smoke;
 mod lifecycle;
+mod proxy;
 mod support;

@@ -4,6 +4,7 @@ mod apply;
 mod device_api;
 pub mod infra_smoke;
 mod power;
+mod proxy;
 mod remote;
 mod strategies;
 mod supervision;
