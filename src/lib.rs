@@ -6,6 +6,7 @@ pub mod config;
 pub mod exit;
 pub mod logging;
 pub mod startup;
+pub mod takeover;
 pub mod version;
 
 pub use startup::run;

@@ -98,3 +98,51 @@ impl Bus {
         }
     }
 }
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Systemd1Manager {
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<zbus::OwnedObjectPath>;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: zbus::ObjectPath<'_>,
+        unit: &str,
+        result: &str,
+    ) -> zbus::Result<()>;
+}
+
+impl Bus {
+    /// `org.freedesktop.systemd1.Manager.RestartUnit(unit, "replace")`, then waits (at most
+    /// `timeout`) for its job to finish; returns the job's result (`done`, `failed`, ...), or
+    /// None when it did not finish in time.
+    pub async fn restart_unit(
+        &self,
+        unit: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<String>, BusError> {
+        use futures::StreamExt;
+        let err = |source| BusError::Call {
+            call: "RestartUnit",
+            source,
+        };
+        let m = Systemd1ManagerProxy::new(&self.conn).await.map_err(err)?;
+        // Subscribe first: the job may finish before the call returns.
+        let mut removed = m.receive_job_removed().await.map_err(err)?;
+        let job = m.restart_unit(unit, "replace").await.map_err(err)?;
+        let wait = async {
+            while let Some(sig) = removed.next().await {
+                let Ok(args) = sig.args() else { continue };
+                if args.job.as_str() == job.as_str() {
+                    return Some(args.result.to_string());
+                }
+            }
+            None
+        };
+        Ok(tokio::time::timeout(timeout, wait).await.ok().flatten())
+    }
+}

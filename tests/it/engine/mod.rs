@@ -9,3 +9,4 @@ mod remote;
 mod strategies;
 mod supervision;
 mod supervisor_api;
+mod takeover;
