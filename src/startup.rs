@@ -151,6 +151,7 @@ pub async fn run(
             routing: routing.clone(),
             state: state.clone(),
             store: store.clone(),
+            remote_bus: remote_bus.clone(),
         };
         let r = restarts("proxy");
         Supervisor::start(move |_| ProxyActor::new(deps, r))

@@ -317,6 +317,15 @@ impl PollActor {
                         cancel: t.cancel,
                         reason: "POST /v1/update: target unchanged",
                     });
+                    // In front of a legacy supervisor, it is asked to apply again too.
+                    if let Some(p) = &self.deps.proxy {
+                        p.hand_off.do_send(crate::proxy::HandOff {
+                            seq: None,
+                            legacy: None,
+                            force: t.force,
+                            cancel: t.cancel,
+                        });
+                    }
                 }
                 self.schedule(next, ctx);
             }
@@ -438,7 +447,7 @@ impl PollActor {
                         if let Some((p, legacy)) = legacy {
                             p.hand_off.do_send(crate::proxy::HandOff {
                                 seq,
-                                legacy: Arc::new(legacy),
+                                legacy: Some(Arc::new(legacy)),
                                 force,
                                 cancel,
                             });

@@ -77,7 +77,9 @@ pub struct HandOff {
     /// The helios target published for this remote target; None when helios's part did not
     /// change (nothing to wait for).
     pub seq: Option<u64>,
-    pub legacy: Arc<Value>,
+    /// The legacy supervisor's copy; None to only tell it to apply the copy it has (`POST
+    /// /v1/update` while the remote target did not change).
+    pub legacy: Option<Arc<Value>>,
     pub force: bool,
     pub cancel: bool,
 }
@@ -129,6 +131,8 @@ pub struct ProxyDeps {
     pub routing: RoutingBus,
     pub state: StateBus,
     pub store: Store,
+    /// Its `legacy_apps` (what the legacy supervisor reported) are pruned to the new copy's.
+    pub remote_bus: crate::bus::RemoteBus,
 }
 
 pub struct ProxyActor {
@@ -164,6 +168,10 @@ impl ProxyActor {
             .and_then(Value::as_object)
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
+        // Apps no longer the legacy supervisor's are not reported on its behalf any more.
+        self.deps
+            .remote_bus
+            .update(|r| r.legacy_apps.retain(|k, _| apps.contains(k)));
         let target = Arc::new(LegacyTarget::new(legacy));
         if let Err(e) = self
             .deps
@@ -339,17 +347,26 @@ impl Handler<HandOff> for ProxyActor {
             ctx.cancel_future(h);
             info!(actor = "proxy", decision = "supersede", reason = "a newer remote target"; "Hand-off replaced");
         }
+        let s = self.settings().clone();
+        let Some(legacy) = msg.legacy else {
+            if self.deps.routing.get().is_some_and(|r| r.target.is_some()) {
+                info!(actor = "proxy", force = msg.force, cancel = msg.cancel, decision = "notify",
+                    reason = "POST /v1/update with the target unchanged"; "Legacy supervisor asked to apply again");
+                let fut = notify_legacy(client, s, msg.force, msg.cancel);
+                self.in_flight = Some(ctx.spawn(fut.into_actor(self)));
+            }
+            return;
+        };
         let unchanged = self
             .deps
             .routing
             .get()
             .and_then(|r| r.target.clone())
-            .is_some_and(|t| *t == LegacyTarget::new(&msg.legacy));
+            .is_some_and(|t| *t == LegacyTarget::new(&legacy));
         if unchanged && msg.seq.is_none() {
             debug!(actor = "proxy", decision = "unchanged"; "Legacy target unchanged");
             return;
         }
-        let s = self.settings().clone();
         let state = self.deps.state.clone();
         if let Some(seq) = msg.seq {
             // The legacy supervisor must not apply a copy while helios applies its own part:
@@ -366,7 +383,7 @@ impl Handler<HandOff> for ProxyActor {
         }
         .into_actor(self)
         .then(move |(), act, ctx| {
-            act.serve(&msg.legacy);
+            act.serve(&legacy);
             info!(actor = "proxy", seq = seq.unwrap_or(0), force = msg.force, cancel = msg.cancel,
                 decision = "hand-off", reason = "helios's apply is done"; "Legacy target served");
             let h = ctx.spawn(notify_legacy(client, s, msg.force, msg.cancel).into_actor(act));

@@ -208,6 +208,18 @@ async fn splits_the_target_and_hands_the_rest_to_the_legacy_supervisor() {
     })
     .expect("helios waits for the legacy supervisor's apply");
 
+    // `POST /v1/update` with the target unchanged (a 304): the legacy supervisor is asked to
+    // apply again too.
+    let told_before = legacy.received_at("/v1/update").len();
+    assert_eq!(
+        request(agent.addr, "POST", "/v1/update", &[], None).status,
+        202
+    );
+    eventually(Duration::from_secs(20), || {
+        (legacy.received_at("/v1/update").len() > told_before).then_some(())
+    })
+    .expect("/v1/update reaches the legacy supervisor through helios's poll");
+
     // The legacy copy: the same device name and config, only the apps it runs.
     let ua = [("User-Agent", "Supervisor/19.0.5")];
     let path = format!("/device/v3/{UUID}/state");
