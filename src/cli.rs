@@ -27,6 +27,21 @@ pub enum Command {
     /// GET /ping on the local API (its unix socket if it has one); exit 0 if it answers 200,
     /// else 1. The container image's HEALTHCHECK.
     Healthcheck,
+    /// Point the legacy supervisor at helios (its apiEndpointOverride and listenPortOverride),
+    /// restart it if that changed anything, and exit (spec/helios-api-v3.md §8.2).
+    Takeover(TakeoverArgs),
+    /// Remove both overrides from the legacy supervisor and restart it: plain legacy operation.
+    Untakeover,
+}
+
+#[derive(Debug, Default, Args)]
+pub struct TakeoverArgs {
+    /// apiEndpointOverride [default: http://127.0.0.1:<BALENA_SUPERVISOR_PORT, else 48484>]
+    #[arg(long, value_name = "URL")]
+    pub override_host: Option<String>,
+    /// listenPortOverride [default: the port of the legacy API endpoint, else 48480]
+    #[arg(long, value_name = "PORT")]
+    pub override_port: Option<u16>,
 }
 
 /// Flags shared by the daemon and its subcommands. `[env: X]` names the variable that sets the

@@ -8,6 +8,7 @@ pub mod fuzzing;
 pub mod healthcheck;
 pub mod logging;
 pub mod startup;
+pub mod takeover;
 pub mod version;
 
 pub use startup::run;

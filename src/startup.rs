@@ -21,7 +21,9 @@ use helios_actors::poll::{IdentitySink, PollActor, PollDeps, Provisioning};
 use helios_actors::ports::apikeys::{ApiKeys, GlobalKeySink, SupervisorApi};
 use helios_actors::ports::locks::Locks;
 use helios_actors::ports::store::{Opened, Store, StoreError};
-use helios_actors::proxy::ProxyActor;
+use helios_actors::proxy::{
+    ForeignApps, ProxyActor, ProxyDeps, ProxyHandle, ProxySettings, RoutingBus,
+};
 use helios_actors::report::body::DeviceFields;
 use helios_actors::report::{ReportActor, ReportDeps};
 use helios_actors::seek::{SeekActor, SeekDeps};
@@ -100,6 +102,9 @@ pub async fn run(
 
     // Keep the addresses: a Supervisor restarts its actor only while an address is alive.
     let locks = Arc::new(Locks::new(&config.host.runtime_dir));
+    // In front of a legacy supervisor: Seek leaves its apps alone and says which they are.
+    let foreign = config.legacy.as_ref().map(|_| ForeignApps::new(None));
+    let routing = RoutingBus::new(None);
     let host = {
         let deps = HostDeps {
             caps: caps.clone(),
@@ -128,6 +133,7 @@ pub async fn run(
             state: state.clone(),
             caps: caps.clone(),
             supervisor_api: supervisor_api.clone(),
+            foreign: foreign.clone(),
         };
         let r = restarts("seek");
         Supervisor::start(move |_| SeekActor::new(deps, r))
@@ -136,6 +142,27 @@ pub async fn run(
     let remote_settings = match &config.remote {
         RemoteMode::Unmanaged => None,
         RemoteMode::Managed(r) | RemoteMode::Provisioning { remote: r, .. } => Some(r.clone()),
+    };
+    let proxy_settings = config.legacy.as_ref().map(|l| ProxySettings {
+        legacy_endpoint: l.endpoint.clone(),
+        legacy_key: Secret::new(l.api_key.clone()),
+        uuid: config.uuid.clone(),
+        remote_endpoint: remote_settings.as_ref().map(|r| r.endpoint.clone()),
+        request_timeout: upstream_timeout(&config),
+        retry_interval: Duration::from_secs(5),
+        status_interval: Duration::from_secs(1),
+        status_timeout: Duration::from_secs(600),
+    });
+    let proxy = {
+        let deps = ProxyDeps {
+            settings: proxy_settings.clone(),
+            routing: routing.clone(),
+            state: state.clone(),
+            store: store.clone(),
+            remote_bus: remote_bus.clone(),
+        };
+        let r = restarts("proxy");
+        Supervisor::start(move |_| ProxyActor::new(deps, r))
     };
     let poll = {
         let provisioning = match &config.remote {
@@ -175,6 +202,12 @@ pub async fn run(
             reapply: seek.clone().recipient(),
             rejected: seek.clone().recipient(),
             identity,
+            proxy: foreign.clone().map(|foreign| ProxyHandle {
+                uuid: config.uuid.clone(),
+                store: store.clone(),
+                foreign,
+                hand_off: proxy.clone().recipient(),
+            }),
         };
         let r = restarts("poll");
         Supervisor::start(move |_| PollActor::new(deps, r))
@@ -216,11 +249,6 @@ pub async fn run(
         let r = restarts("report");
         Supervisor::start(move |_| ReportActor::new(deps, r))
     };
-    let proxy = {
-        let legacy = config.legacy.as_ref().map(|l| l.endpoint.clone());
-        let r = restarts("proxy");
-        Supervisor::start(move |_| ProxyActor::new(legacy, r))
-    };
     let api_state = ApiState {
         targets,
         state,
@@ -244,6 +272,12 @@ pub async fn run(
             .device_type
             .clone()
             .or_else(|| config.host.boot.device_type()),
+        proxy: proxy_settings.as_ref().map(|s| api::proxy::ProxyState {
+            routing: routing.clone(),
+            timeout: s.request_timeout,
+            max_report_bytes: config.api_max_body_bytes,
+            extra_ca: config.extra_ca.clone(),
+        }),
     };
     let _actors = (seek, poll, report, proxy, host);
     let (server, bound) = match api::bind(
@@ -299,6 +333,15 @@ pub async fn run(
         Err(e) => error!(error:% = ErrorChain(&e), decision = "stop"; "Store flush failed"),
     }
     code
+}
+
+/// Timeout of one proxied request until the upstream's answer starts (the remote's request
+/// timeout; bodies then stream without one).
+fn upstream_timeout(config: &Config) -> Duration {
+    match &config.remote {
+        RemoteMode::Managed(r) | RemoteMode::Provisioning { remote: r, .. } => r.request_timeout,
+        RemoteMode::Unmanaged => Duration::from_secs(59),
+    }
 }
 
 fn initial_caps(config: &Config) -> Capabilities {

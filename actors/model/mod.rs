@@ -193,6 +193,10 @@ pub struct RemoteInfo {
     pub document_rejected: Option<String>,
     /// The device API key, once known (registered or configured).
     pub api_key: Option<crate::Secret>,
+    /// In front of a legacy supervisor: the `apps` it last reported for the apps it runs
+    /// (taken out of its PATCH by the proxy; helios reports them with its own, so every
+    /// report carries the whole `apps`, spec/state-report-v3.md §3.5).
+    pub legacy_apps: serde_json::Map<String, serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -104,6 +104,8 @@ pub struct PollDeps {
     pub reapply: Recipient<Reapply>,
     pub rejected: Recipient<MarkRejected>,
     pub identity: IdentitySink,
+    /// In front of a legacy supervisor: each target is split between helios and it.
+    pub proxy: Option<crate::proxy::ProxyHandle>,
 }
 
 /// Sent by the API (`POST /v1/update`): poll now, and re-apply if nothing changed.
@@ -317,7 +319,7 @@ impl PollActor {
                     info!(actor = "poll", attempts = self.failures, decision = "recovered"; "Remote reachable again");
                 }
                 self.failures = 0;
-                self.new_target(body, etag, trigger);
+                self.new_target(body, etag, trigger, ctx);
                 let next = self.interval + crate::jitter(self.remote().poll_max_jitter);
                 self.schedule(next, ctx);
             }
@@ -339,6 +341,15 @@ impl PollActor {
                         cancel: t.cancel,
                         reason: "POST /v1/update: target unchanged",
                     });
+                    // In front of a legacy supervisor, it is asked to apply again too.
+                    if let Some(p) = &self.deps.proxy {
+                        p.hand_off.do_send(crate::proxy::HandOff {
+                            seq: None,
+                            legacy: None,
+                            force: t.force,
+                            cancel: t.cancel,
+                        });
+                    }
                 }
                 self.schedule(next, ctx);
             }
@@ -367,7 +378,22 @@ impl PollActor {
         body: serde_json::Value,
         etag: Option<String>,
         trigger: Option<TriggerPoll>,
+        ctx: &mut Context<Self>,
     ) {
+        let (body, legacy) = match &self.deps.proxy {
+            None => (body, None),
+            Some(p) => match p.split(&body) {
+                Some(s) => (s.helios, Some((p.clone(), s.legacy))),
+                None => {
+                    debug!(actor = "poll", delay_ms = 1000u64, decision = "wait",
+                        reason = "the engine was not read yet: apps of the legacy supervisor unknown"; "Target split deferred");
+                    ctx.run_later(Duration::from_secs(1), move |a, ctx| {
+                        a.new_target(body, etag, trigger, ctx)
+                    });
+                    return;
+                }
+            },
+        };
         let uuid = self.remote().uuid.clone();
         let latest = self.deps.targets.latest();
         let previous: Option<DeviceTarget> = latest
@@ -431,15 +457,28 @@ impl PollActor {
                     && trigger.is_none();
                 let res = if unchanged {
                     debug!(actor = "poll", decision = "unchanged", reason = "same target, new ETag"; "Target fetched");
-                    self.deps.store.put_target(&value, etag.as_deref())
+                    self.deps
+                        .store
+                        .put_target(&value, etag.as_deref())
+                        .map(|()| None)
                 } else {
                     self.deps
                         .targets
                         .publish(value, etag.as_deref(), TargetSource::Remote, force, cancel)
-                        .map(|_| ())
+                        .map(|t| Some(t.seq))
                 };
                 match res {
-                    Ok(()) => self.etag = etag,
+                    Ok(seq) => {
+                        self.etag = etag;
+                        if let Some((p, legacy)) = legacy {
+                            p.hand_off.do_send(crate::proxy::HandOff {
+                                seq,
+                                legacy: Some(Arc::new(legacy)),
+                                force,
+                                cancel,
+                            });
+                        }
+                    }
                     Err(e) => warn!(actor = "poll", error:% = ErrorChain(&e), decision = "retry",
                         reason = "target could not be stored; the next poll fetches it again"; "Target not stored"),
                 }

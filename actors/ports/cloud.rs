@@ -580,7 +580,7 @@ impl Cloud {
 /// Root certificates: the built-in Mozilla set (webpki-roots) plus the PEM certificates of
 /// `extra_ca`; ring as the crypto provider, chosen explicitly so no process-wide default is
 /// needed; HTTP/1.1 only (one request at a time; what the legacy supervisor speaks).
-fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, CloudError> {
+pub fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, CloudError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {

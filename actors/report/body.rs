@@ -241,6 +241,9 @@ pub fn apps(
         app.insert("releases".into(), Value::Object(releases));
         apps.insert(uuid.clone(), Value::Object(app));
     }
+    for (uuid, app) in &remote.legacy_apps {
+        apps.entry(uuid.clone()).or_insert_with(|| app.clone());
+    }
     Value::Object(apps)
 }
 

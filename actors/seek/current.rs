@@ -34,6 +34,30 @@ fn references(img: &bollard::models::ImageSummary) -> impl Iterator<Item = &Stri
         .filter(|r| !r.starts_with("<none>"))
 }
 
+/// In front of a legacy supervisor: removes from `objs` the containers, networks and volumes
+/// of apps helios does not own (`owned`: recorded by helios or in its target) and returns
+/// those apps, so helios never stops or removes what the legacy supervisor runs.
+pub fn drop_foreign(objs: &mut EngineObjects, owned: impl Fn(&str) -> bool) -> BTreeSet<String> {
+    let mut foreign = BTreeSet::new();
+    let mut keep = |app: Option<String>| match app {
+        Some(a) if owned(&a) => true,
+        Some(a) => {
+            foreign.insert(a);
+            false
+        }
+        // Not an app object helios can read: it is not helios's either.
+        None => false,
+    };
+    objs.containers
+        .retain(|c| keep(oci::read_container(c).map(|r| r.app_uuid)));
+    objs.networks
+        .retain(|n| keep(oci::read_network(n).map(|(app, _, _)| app)));
+    objs.volumes
+        .retain(|v| keep(oci::read_volume(v).map(|(app, _, _)| app)));
+    foreign.remove(oci::UNKNOWN_APP);
+    foreign
+}
+
 /// Builds the planner's view of the device. Only images helios pulled, the target wants, or
 /// a supervised container uses are part of it (so only those can be removed), and never one a
 /// foreign container uses.

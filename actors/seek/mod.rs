@@ -68,6 +68,9 @@ pub struct SeekDeps {
     pub caps: CapsBus,
     /// Keys and address for containers with the supervisor-api feature.
     pub supervisor_api: crate::ports::apikeys::SupervisorApi,
+    /// In front of a legacy supervisor: apps helios did not create are left alone and
+    /// published here (spec/helios-proxy.md; see actors/proxy/split.rs).
+    pub foreign: Option<crate::proxy::ForeignApps>,
 }
 
 const CONNECT_MIN: Duration = Duration::from_millis(500);
@@ -469,8 +472,14 @@ async fn read_and_publish(
     deps: &SeekDeps,
     target: Option<&DeviceTarget>,
 ) -> Result<(Device, current::EngineImages), EngineError> {
-    let objs = engine.read_objects().await?;
+    let mut objs = engine.read_objects().await?;
     let records = current::parse_records(deps.store.get_json(plan::APPS_KEY).ok().flatten());
+    if let Some(foreign) = &deps.foreign {
+        let found = current::drop_foreign(&mut objs, |app| {
+            records.contains_key(app) || target.is_some_and(|t| t.apps.contains_key(app))
+        });
+        foreign.update(|f| *f = Some(found));
+    }
     let pulled: BTreeSet<String> = deps
         .store
         .get_json(plan::IMAGES_KEY)

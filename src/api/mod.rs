@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod host;
 pub mod limits;
+pub mod proxy;
 pub mod v1;
 pub mod v2;
 pub mod v3;
@@ -57,9 +58,23 @@ pub struct ApiState {
     pub managed: bool,
     /// The device type slug (configured, or balenaOS's boot partition), when known.
     pub device_type: Option<String>,
+    /// Present in front of a legacy supervisor: the device API is its, requests helios does
+    /// not answer itself are proxied (api/proxy.rs).
+    pub proxy: Option<proxy::ProxyState>,
 }
 
+/// Every route: helios's own and the supervisor device API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    own_routes(cfg);
+    cfg.configure(actions::routes)
+        .configure(host::routes)
+        .configure(v1::routes)
+        .configure(v2::routes)
+        .default_service(web::to(unknown_route));
+}
+
+/// The routes helios answers even in front of a legacy supervisor (spec/helios-proxy.md §5).
+pub fn own_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ping", web::get().to(v3::ping))
         .route("/v3/status", web::get().to(v3::status))
         .route("/v3/version", web::get().to(v3::version))
@@ -69,12 +84,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v3/device/apps/{uuid}", web::post().to(v3::post_app))
         .route("/v3/device/apps/{uuid}", web::delete().to(v3::delete_app))
         .route("/v3/device/apps/{uuid}/plan", web::post().to(v3::plan_app))
-        .route("/v1/update", web::post().to(v3::v1_update))
-        .configure(actions::routes)
-        .configure(host::routes)
-        .configure(v1::routes)
-        .configure(v2::routes)
-        .default_service(web::to(unknown_route));
+        .route("/v1/update", web::post().to(v3::v1_update));
 }
 
 /// Unknown paths: 404, but the device API authenticates first (spec/device-api.md §1), so
@@ -141,15 +151,24 @@ pub fn bind(
         state.state.clone(),
         state.targets.clone(),
     ));
+    let proxy = state.proxy.clone();
     let data = web::Data::new(state);
     let mut server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(data.clone())
             .app_data(clock.clone())
             .app_data(web::JsonConfig::default().limit(max_body_bytes))
             .app_data(web::PayloadConfig::default().limit(max_body_bytes))
-            .wrap(actix_web::middleware::from_fn(limits::body_deadline))
-            .configure(routes)
+            .wrap(actix_web::middleware::from_fn(limits::body_deadline));
+        match &proxy {
+            // In front of a legacy supervisor its device API is not shadowed: everything
+            // helios does not answer itself is proxied.
+            Some(p) => app
+                .app_data(web::Data::new(proxy::ProxyClient::new(p)))
+                .configure(own_routes)
+                .default_service(web::to(proxy::forward)),
+            None => app.configure(routes),
+        }
     })
     .workers(workers)
     .client_request_timeout(limits::HEAD_TIMEOUT)

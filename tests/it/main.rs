@@ -10,5 +10,6 @@ mod fake_cloud_selftest;
 mod hostile_api;
 mod infra_smoke;
 mod lifecycle;
+mod proxy;
 mod support;
 mod tags;

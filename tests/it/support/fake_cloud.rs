@@ -136,7 +136,7 @@ pub struct FakeCloud {
 
 /// The socket of a connection, to close it unanswered (`Fault::Reset`).
 #[derive(Clone, Copy)]
-struct ConnFd(RawFd);
+pub struct ConnFd(pub RawFd);
 
 impl FakeCloud {
     /// Starts the fake on 127.0.0.1:0 and returns once it accepts connections.
@@ -402,7 +402,7 @@ fn take_fault(faults: &mut Vec<(Route, Fault, usize)>, route: Route) -> Option<F
 }
 
 /// Closes the connection under the request: the client gets no answer (RST on close).
-fn reset(req: &HttpRequest) {
+pub fn reset(req: &HttpRequest) {
     if let Some(ConnFd(fd)) = req.conn_data::<ConnFd>().copied() {
         let linger = libc::linger {
             l_onoff: 1,

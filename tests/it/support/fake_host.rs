@@ -422,6 +422,15 @@ impl FakeSystemd {
     pub fn calls(&self) -> Vec<UnitCall> {
         self.state.lock().unwrap().calls.clone()
     }
+
+    /// The units restarted so far (`RestartUnit`), in order.
+    pub fn restarted(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == "RestartUnit")
+            .map(|c| c.unit)
+            .collect()
+    }
 }
 
 struct Hostname1 {

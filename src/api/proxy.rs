@@ -1,0 +1,276 @@
+//! The proxy's HTTP side (spec/helios-proxy.md §5, spec/helios-api-v3.md §8.1): asks the
+//! routing snapshot ProxyActor publishes where a request goes, then streams it there and the
+//! answer back (awc both ways, no buffering), or answers the legacy supervisor's target poll
+//! from the legacy copy. Only the legacy supervisor's state report is read whole (bounded), to
+//! take its `apps` out (spec/state-report-v3.md §3.5).
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use log::{debug, warn};
+use serde_json::{json, Value};
+
+use helios_actors::proxy::{Route, RoutingBus};
+
+use super::ApiState;
+
+/// What the proxy handler needs besides the buses (present only in proxy mode).
+#[derive(Clone)]
+pub struct ProxyState {
+    pub routing: RoutingBus,
+    /// Until the upstream's response head arrives (the request body included); the response
+    /// body then streams without a deadline (log follows, large downloads).
+    pub timeout: Duration,
+    /// Largest legacy state report read whole.
+    pub max_report_bytes: usize,
+    pub extra_ca: Option<PathBuf>,
+}
+
+/// The awc client of one API worker (awc is `!Send`: each worker builds its own).
+pub struct ProxyClient(awc::Client);
+
+impl ProxyClient {
+    pub fn new(s: &ProxyState) -> ProxyClient {
+        let builder = awc::Client::builder()
+            .no_default_headers()
+            .disable_redirects()
+            .timeout(s.timeout);
+        let connector = awc::Connector::new().timeout(s.timeout.min(Duration::from_secs(10)));
+        let client = match helios_actors::ports::cloud::tls_config(s.extra_ca.as_deref()) {
+            Ok(tls) => builder
+                .connector(connector.rustls_0_23(Arc::new(tls)))
+                .finish(),
+            Err(e) => {
+                warn!(error:% = e, decision = "continue",
+                    reason = "https upstreams will fail; the extra CA is checked by the poller too"; "Proxy TLS not set up");
+                builder.connector(connector).finish()
+            }
+        };
+        ProxyClient(client)
+    }
+}
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus `Host`
+/// (the upstream's own) and `Content-Length` (set from the body being streamed).
+fn forwarded(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    // Also drop what the `Connection` header names as hop-by-hop.
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    for (k, v) in from {
+        if forwarded(k) && !named.iter().any(|n| n == k.as_str()) {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// A JSON error answered by the proxy itself.
+fn error(status: StatusCode, upstream: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": message, "upstream": upstream}))
+}
+
+fn unavailable(retry_after: u32, message: &str) -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header((header::RETRY_AFTER, retry_after.to_string()))
+        .json(json!({"error": message}))
+}
+
+/// The default service in proxy mode: every request helios does not answer itself.
+pub async fn forward(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ApiState>,
+    client: Option<web::Data<ProxyClient>>,
+) -> HttpResponse {
+    let (Some(p), Some(client)) = (state.proxy.as_ref(), client) else {
+        return HttpResponse::NotFound().finish();
+    };
+    let Some(routing) = p.routing.get() else {
+        return unavailable(1, "the proxy is starting");
+    };
+    let ua = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    match routing.route(req.method().as_str(), req.path(), ua) {
+        Route::LegacyTarget(None) => {
+            debug!(path:% = req.path(), decision = "withhold",
+                reason = "no legacy target yet or helios is applying"; "Legacy target poll answered 503");
+            unavailable(15, "no target for the legacy supervisor yet")
+        }
+        Route::LegacyTarget(Some(t)) => {
+            let matches = req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|e| e.trim() == t.etag || e.trim() == "*"));
+            debug!(path:% = req.path(), decision = "serve", unchanged = matches; "Legacy target poll answered");
+            if matches {
+                HttpResponse::NotModified()
+                    .insert_header((header::ETAG, t.etag.clone()))
+                    .finish()
+            } else {
+                HttpResponse::Ok()
+                    .content_type("application/json")
+                    .insert_header((header::ETAG, t.etag.clone()))
+                    .body(t.body.clone())
+            }
+        }
+        Route::Unmanaged => unavailable(600, "the device is not managed: no remote API"),
+        Route::Remote { base } => stream(&client.0, &req, payload, &base, "remote").await,
+        Route::Legacy { base } => stream(&client.0, &req, payload, &base, "legacy").await,
+        Route::LegacyReport { remote } => {
+            let body = match payload.to_bytes_limited(p.max_report_bytes).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "remote", &e.to_string()),
+                Err(_) => {
+                    warn!(path:% = req.path(), decision = "reject", reason = "legacy report too large"; "Proxy request refused");
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "remote",
+                        "state report too large",
+                    );
+                }
+            };
+            let body = strip_legacy_apps(&state, &routing, body);
+            send(&client.0, &req, &remote, "remote", Body::Bytes(body)).await
+        }
+    }
+}
+
+/// Takes `apps` out of the legacy supervisor's state report: the apps it runs go to helios's
+/// reporter (which sends them with its own, whole); the rest of the report passes unchanged.
+/// A body that is not a report object passes unchanged.
+fn strip_legacy_apps(
+    state: &ApiState,
+    routing: &helios_actors::proxy::Routing,
+    body: web::Bytes,
+) -> web::Bytes {
+    let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    let mut found = None;
+    for (uuid, dev) in doc.iter_mut() {
+        let Some(apps) = dev.as_object_mut().and_then(|d| d.remove("apps")) else {
+            continue;
+        };
+        if *uuid == routing.uuid {
+            found = apps.as_object().cloned();
+        }
+    }
+    let Some(apps) = found else {
+        return body;
+    };
+    let ours: serde_json::Map<String, Value> = apps
+        .into_iter()
+        .filter(|(k, _)| routing.legacy_apps.contains(k))
+        .collect();
+    let changed = state.remote.update(|r| r.legacy_apps = ours);
+    debug!(decision = "merge", changed, reason = "helios reports every app, whole"; "Legacy report apps taken");
+    web::Bytes::from(serde_json::to_vec(&Value::Object(doc)).expect("a JSON value serialises"))
+}
+
+enum Body {
+    Stream(web::Payload),
+    Bytes(web::Bytes),
+}
+
+async fn stream(
+    client: &awc::Client,
+    req: &HttpRequest,
+    payload: web::Payload,
+    base: &str,
+    upstream: &'static str,
+) -> HttpResponse {
+    send(client, req, base, upstream, Body::Stream(payload)).await
+}
+
+/// Sends the request upstream (method, path, query, headers) and streams the answer back.
+async fn send(
+    client: &awc::Client,
+    req: &HttpRequest,
+    base: &str,
+    upstream: &'static str,
+    body: Body,
+) -> HttpResponse {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{base}{path}");
+    let mut out = client.request(req.method().clone(), &url).no_decompress();
+    copy_headers(req.headers(), out.headers_mut());
+    let chunked = req
+        .headers()
+        .get(header::TRANSFER_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let res = match body {
+        Body::Bytes(b) => out.send_body(b).await,
+        Body::Stream(p) => match content_length(req.headers()) {
+            Some(n) => out.send_body(SizedStream::new(n, p)).await,
+            None if chunked => out.send_stream(p).await,
+            None => out.send().await,
+        },
+    };
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => {
+            use awc::error::SendRequestError as E;
+            let status = match &e {
+                E::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                E::Url(_) => StatusCode::BAD_REQUEST,
+                // Cannot connect, reset, or an answer that is not HTTP.
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            warn!(upstream, method:% = req.method(), path:% = req.path(), status = status.as_u16(),
+                error:% = e, decision = "fail"; "Proxy upstream failed");
+            return error(status, upstream, &format!("{upstream} upstream: {e}"));
+        }
+    };
+    debug!(upstream, method:% = req.method(), path:% = req.path(), status = res.status().as_u16(),
+        decision = "forward"; "Request proxied");
+    let mut answer = HttpResponse::build(res.status());
+    let length = content_length(res.headers());
+    let mut headers = HeaderMap::new();
+    copy_headers(res.headers(), &mut headers);
+    for (k, v) in headers {
+        answer.append_header((k, v));
+    }
+    if matches!(
+        res.status(),
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    ) || req.method() == actix_web::http::Method::HEAD
+    {
+        return answer.finish();
+    }
+    match length {
+        Some(n) => answer.body(SizedStream::new(n, res)),
+        None => answer.streaming(res),
+    }
+}
