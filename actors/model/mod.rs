@@ -158,6 +158,9 @@ pub struct Capabilities {
     /// Whether the last request to the remote got an answer (None: unmanaged or not asked yet).
     pub remote_reachable: Option<bool>,
     pub legacy_supervisor: LegacyCapability,
+    /// Whether the last request proxied to the legacy supervisor got an answer (None: not
+    /// configured or not asked yet).
+    pub legacy_answering: Option<bool>,
     /// The configured host OS version (spec/helios-api-v3.md §10).
     pub host_os: Option<String>,
     pub os: OsInfo,

@@ -442,13 +442,21 @@ impl PollActor {
                     r.rejected = conv.rejected.clone();
                     r.document_rejected = None;
                 });
-                let value = match conv.target_value() {
+                let mut value = match conv.target_value() {
                     Ok(v) => v,
                     Err(e) => {
                         error!(error:% = e, decision = "reject"; "Target not serialisable");
                         return;
                     }
                 };
+                // In front of a legacy supervisor the host OS app is its (proxy/split.rs): no
+                // host part at all, so HostActor leaves the OS alone instead of reading "the
+                // remote target has no hostapp" (which would end every apply `aborted`).
+                if self.deps.proxy.is_some() {
+                    if let Some(o) = value.as_object_mut() {
+                        o.remove(HOSTAPP_KEY);
+                    }
+                }
                 let (force, cancel) = trigger
                     .map(|t| (t.force, t.cancel))
                     .unwrap_or((false, true));

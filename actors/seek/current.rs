@@ -58,6 +58,48 @@ pub fn drop_foreign(objs: &mut EngineObjects, owned: impl Fn(&str) -> bool) -> B
     foreign
 }
 
+/// The variable a supervisor-api container carries its key in.
+pub const SUPERVISOR_API_KEY_VAR: &str = "BALENA_SUPERVISOR_API_KEY";
+
+/// A container whose supervisor-API key was regenerated carries a key that is no longer its
+/// own: its current config gets that variable (valued `<regenerated>`), so it equals no target
+/// and the next apply recreates it with the new key (spec/device-api.md
+/// `/v1/regenerate-api-key`: "the env difference causes the recreation").
+pub fn mark_regenerated_keys(
+    dev: &mut Device,
+    objs: &EngineObjects,
+    api: &crate::ports::apikeys::SupervisorApi,
+) {
+    for c in &objs.containers {
+        let Some(rb) = oci::read_container(c) else {
+            continue;
+        };
+        let env = c.config.as_ref().and_then(|cf| cf.env.as_ref());
+        let Some(have) = env.and_then(|e| {
+            e.iter()
+                .find_map(|kv| kv.strip_prefix(SUPERVISOR_API_KEY_VAR)?.strip_prefix('='))
+        }) else {
+            continue;
+        };
+        let Ok(want) = api.keys.service_key(rb.app_id, &rb.service_name) else {
+            continue;
+        };
+        if crate::ports::apikeys::constant_time_eq(have.as_bytes(), want.expose().as_bytes()) {
+            continue;
+        }
+        let svc = dev
+            .apps
+            .get_mut(&rb.app_uuid)
+            .and_then(|a| a.releases.get_mut(&rb.release))
+            .and_then(|r| r.services.get_mut(&rb.service_name));
+        if let Some(svc) = svc {
+            svc.config
+                .environment
+                .insert(SUPERVISOR_API_KEY_VAR.into(), "<regenerated>".into());
+        }
+    }
+}
+
 /// Builds the planner's view of the device. Only images helios pulled, the target wants, or
 /// a supervised container uses are part of it (so only those can be removed), and never one a
 /// foreign container uses.

@@ -491,7 +491,8 @@ async fn read_and_publish(
         .map(|t| plan::target_images(t).into_keys().collect())
         .unwrap_or_default();
     let name = target.and_then(|t| t.name.clone());
-    let dev = current::build_current(&objs, &records, &pulled, &wanted, name);
+    let mut dev = current::build_current(&objs, &records, &pulled, &wanted, name);
+    current::mark_regenerated_keys(&mut dev, &objs, &deps.supervisor_api);
     let images = current::EngineImages::from_objects(&objs);
     let doc = current::render(&deps.device_uuid, &dev, &images, target, &deps.locks);
     deps.state.update(|c| {

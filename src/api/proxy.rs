@@ -198,6 +198,28 @@ fn strip_legacy_apps(
     web::Bytes::from(serde_json::to_vec(&Value::Object(doc)).expect("a JSON value serialises"))
 }
 
+/// The `legacy_answering` capability follows every request proxied to the legacy supervisor:
+/// an HTTP answer is found, a failure to get one is lost (one line per change).
+fn note_answering(req: &HttpRequest, upstream: &str, err: Option<&awc::error::SendRequestError>) {
+    if upstream != "legacy" {
+        return;
+    }
+    let Some(state) = req.app_data::<web::Data<ApiState>>() else {
+        return;
+    };
+    let answering = err.is_none();
+    if state.caps.update(|c| c.legacy_answering = Some(answering)) {
+        match err {
+            None => {
+                log::info!(capability = "legacy_supervisor", answering, decision = "found"; "Capability found")
+            }
+            Some(e) => {
+                warn!(capability = "legacy_supervisor", answering, error:% = e, decision = "lost"; "Capability lost")
+            }
+        }
+    }
+}
+
 enum Body {
     Stream(web::Payload),
     Bytes(web::Bytes),
@@ -238,6 +260,7 @@ async fn send(
             None => out.send().await,
         },
     };
+    note_answering(req, upstream, res.as_ref().err());
     let res = match res {
         Ok(r) => r,
         Err(e) => {

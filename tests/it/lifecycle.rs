@@ -90,30 +90,42 @@ fn keeps_its_identity_until_the_config_file_is_deleted() {
 
 #[test]
 fn default_address_is_loopback_48484() {
-    let home = tempfile::tempdir().unwrap();
-    let log = home.path().join("stderr.log");
-    let mut cmd = crate::support::agent::helios_command(home.path());
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let addr = "127.0.0.1:48484".parse().unwrap();
-    let ok = eventually(Duration::from_secs(60), || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            .ok()
-            .map(|_| http(addr, "GET", "/ping", None))
-    });
-    let exited = child.try_wait().unwrap();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    let ok = ok.unwrap_or_else(|| {
-        panic!(
-            "no answer on 127.0.0.1:48484 (exit: {exited:?}); log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
-    assert_eq!((ok.status, ok.body.as_str()), (200, "OK"));
+    // 48484 lies in Linux's ephemeral port range: a test opening thousands of connections
+    // (tests/it/hostile_api.rs) can hold it for a moment as a client port. Such a start fails
+    // with "Address already in use" and is tried again; any other failure is final.
+    for attempt in 1..=10 {
+        let home = tempfile::tempdir().unwrap();
+        let log = home.path().join("stderr.log");
+        let mut child = crate::support::agent::helios_command(home.path())
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let addr = "127.0.0.1:48484".parse().unwrap();
+        let ok = eventually(Duration::from_secs(60), || {
+            if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Address already in use")) {
+                return Some(None);
+            }
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| Some(http(addr, "GET", "/ping", None)))
+        });
+        let exited = child.try_wait().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        match ok {
+            Some(Some(r)) => {
+                assert_eq!((r.status, r.body.as_str()), (200, "OK"));
+                return;
+            }
+            Some(None) if attempt < 10 => {
+                eprintln!("attempt {attempt}: 127.0.0.1:48484 busy, trying again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            _ => panic!("no answer on 127.0.0.1:48484 (exit: {exited:?}); log:\n{logs}"),
+        }
+    }
 }
 
 #[test]

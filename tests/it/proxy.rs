@@ -383,6 +383,11 @@ fn upstream_down_slow_or_reset_gives_502_or_504_and_recovers() {
 
     let a = request(agent.addr, "GET", "/reset", &[], None);
     assert_eq!(a.status, 502, "{a:?}");
+    let caps = request(agent.addr, "GET", "/v3/capabilities", &[], None).json();
+    assert_eq!(
+        caps["legacy_answering"], false,
+        "a reset is a lost capability"
+    );
 
     // Each failure is one log line; nothing restarted; the next request works.
     let failures = || {
@@ -399,6 +404,12 @@ fn upstream_down_slow_or_reset_gives_502_or_504_and_recovers() {
     let ok = request(agent.addr, "GET", "/v2/version", &[], None);
     assert_eq!(ok.status, 200);
     assert_eq!(request(agent.addr, "GET", "/ping", &[], None).status, 200);
+    let caps = request(agent.addr, "GET", "/v3/capabilities", &[], None).json();
+    assert_eq!(caps["legacy_answering"], true, "answering again");
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("capability=legacy_supervisor") && l.contains("decision=lost")));
 }
 
 #[test]

@@ -125,7 +125,10 @@ async fn splits_the_target_and_hands_the_rest_to_the_legacy_supervisor() {
     let agent = Agent::start(
         managed(opts(home.path(), &legacy.url), &cloud)
             .env("DOCKER_HOST", infra.docker_host.clone())
-            .env("HELIOS_LOCAL_RETRY_INTERVAL_MS", "500"),
+            .env("HELIOS_LOCAL_RETRY_INTERVAL_MS", "500")
+            // A balenaOS device: the host OS app is the legacy supervisor's, and helios's own
+            // applies must still end `done` for the hand-off to happen.
+            .env("HELIOS_HOST_OS_VERSION", "balenaOS 6.0.39@rev-1"),
     );
 
     // One decision per app, with its reason.

@@ -121,6 +121,64 @@ async fn a_labelled_container_calls_the_api_with_its_scoped_key() {
     );
     assert_eq!(agent.get("/v2/applications/state").status, 401);
 
+    // Regenerated from inside the container: the old key stops working at once, and the next
+    // apply recreates the container with the new one (the env difference).
+    let before = d
+        .inspect_container(
+            "main_r1",
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap()
+        .id;
+    let out = exec(
+        &d,
+        "main_r1",
+        &["sh", "-c", "wget -q -O- --post-data='' \"$BALENA_SUPERVISOR_ADDRESS/v1/regenerate-api-key?apikey=$BALENA_SUPERVISOR_API_KEY\""],
+    )
+    .await;
+    let new_key = out.trim().to_string();
+    assert_eq!(new_key.len(), 32, "the new key is the answer: {out}");
+    let r = http(
+        agent.addr,
+        "GET",
+        &format!("/v2/applications/state?apikey={key}"),
+        None,
+    );
+    assert_eq!(r.status, 401, "the old key stopped working");
+    let r = http(
+        agent.addr,
+        "POST",
+        "/v1/update?apikey=globalkey0123456789",
+        Some(("application/json", "{}")),
+    );
+    assert!(r.status == 202 || r.status == 204, "{}", r.status);
+    let want = format!("BALENA_SUPERVISOR_API_KEY={new_key}");
+    let mut after = None;
+    for _ in 0..120 {
+        let c = d
+            .inspect_container(
+                "main_r1",
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await;
+        if let Ok(c) = c {
+            let env = c.config.and_then(|cf| cf.env).unwrap_or_default();
+            if env.contains(&want) {
+                after = Some(c.id);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = after.expect("recreated with the new key");
+    assert_ne!(before, after, "a new container");
+    agent.wait_status("done", Duration::from_secs(60));
+    assert!(
+        !agent.get("/v3/device").body.contains("<regenerated>"),
+        "on target again"
+    );
+
     // Oversized bodies are refused with 413; the API keeps answering.
     let big = format!("{{\"id\": 1, \"name\": \"{}\"}}", "x".repeat(2 << 20));
     let r = agent.post_json("/v3/device/apps/app-big", &big);
