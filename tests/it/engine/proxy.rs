@@ -210,6 +210,9 @@ async fn splits_the_target_and_hands_the_rest_to_the_legacy_supervisor() {
         (!legacy.received_at("/v2/state/status").is_empty()).then_some(())
     })
     .expect("helios waits for the legacy supervisor's apply");
+    // On balenaOS the host app is the legacy supervisor's: helios's own loop ends `done`, not
+    // `aborted` for "no hostapp".
+    agent.wait_status("done", Duration::from_secs(30));
 
     // `POST /v1/update` with the target unchanged (a 304): the legacy supervisor is asked to
     // apply again too.
