@@ -854,13 +854,17 @@ fn kill_service(
     if let Some((new_rel, new)) = target_service(&tgt, &app, &name).filter(|(r, _)| **r != release)
     {
         match new.config.update_strategy() {
-            // A new service that is not to run cannot take over: as download-then-kill.
             UpdateStrategy::DownloadThenKill => {
                 if !app_images_present(&dev, tgt.apps.get(&app)) {
                     return vec![];
                 }
             }
-            UpdateStrategy::HandOver if !new.running => {
+            // A new service that is not to run cannot take over, and one whose network or
+            // volume must be recreated cannot start beside the old container that holds it:
+            // as download-then-kill.
+            UpdateStrategy::HandOver
+                if !new.running || resources_changing(&dev, &tgt, &app, new) =>
+            {
                 if !app_images_present(&dev, tgt.apps.get(&app)) {
                     return vec![];
                 }

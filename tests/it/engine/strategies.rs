@@ -101,7 +101,18 @@ async fn update(strategy: &str) -> Vec<String> {
             .status,
         202
     );
-    done(&agent);
+    // `done` alone can be the status from before the POST was picked up: wait for rel-1 too.
+    let installed = eventually(Duration::from_secs(120), || {
+        let dev = agent.get("/v3/device").json();
+        let running =
+            dev["apps"][APP]["releases"]["rel-1"]["services"]["main"]["oci"]["status"] == "running";
+        (running && agent.get("/v3/status").json()["status"] == "done").then_some(())
+    });
+    assert!(
+        installed.is_some(),
+        "rel-1 installed: {}",
+        agent.get("/v3/device").body
+    );
     let since = now_nanos();
     assert_eq!(
         agent
