@@ -76,6 +76,17 @@ fn host_app(uuid: &str, host: &HostState, remote: &RemoteInfo, loop_status: Upda
                 {"image": repository(&r.image), "status": service}}}),
         );
     }
+    app_entry(uuid, releases, release_uuid, remote)
+}
+
+/// One app of the report: its releases plus a rejected target release (as `rejected` with no
+/// services), and `release_uuid` when one release is current.
+fn app_entry(
+    uuid: &str,
+    mut releases: Map<String, Value>,
+    release_uuid: Option<String>,
+    remote: &RemoteInfo,
+) -> Value {
     if let Some((rel, _)) = remote.rejected.get(uuid) {
         releases.insert(
             rel.clone(),
@@ -228,18 +239,10 @@ pub fn apps(
                 json!({"update_status": status, "services": services}),
             );
         }
-        if let Some((rel, _)) = remote.rejected.get(uuid) {
-            releases.insert(
-                rel.clone(),
-                json!({"update_status": "rejected", "services": {}}),
-            );
-        }
-        let mut app = Map::new();
-        if let Some(r) = release_uuid {
-            app.insert("release_uuid".into(), json!(r));
-        }
-        app.insert("releases".into(), Value::Object(releases));
-        apps.insert(uuid.clone(), Value::Object(app));
+        apps.insert(
+            uuid.clone(),
+            app_entry(uuid, releases, release_uuid, remote),
+        );
     }
     for (uuid, app) in &remote.legacy_apps {
         apps.entry(uuid.clone()).or_insert_with(|| app.clone());
