@@ -2,6 +2,7 @@
 //! the outside world (engine, cloud, system bus, store). Only `src/` knows sockets, flags and env.
 pub mod bus;
 pub mod host;
+pub mod metrics;
 pub mod model;
 pub mod poll;
 pub mod ports;

@@ -15,6 +15,7 @@ use actix::{
 use log::{debug, error, info, warn};
 
 use crate::bus::{RemoteBus, StateBus, TargetBus, TargetSource};
+use crate::metrics::{PollResult, METRICS};
 use crate::model::cloud as cloud_model;
 use crate::model::device::DeviceTarget;
 use crate::model::host::HOSTAPP_KEY;
@@ -327,6 +328,7 @@ impl PollActor {
                 let delay = self.backoff();
                 warn!(actor = "poll", delay_ms = delay.as_millis() as u64, decision = "retry",
                     reason = "304 without a cached ETag"; "Target fetch failed");
+                METRICS.poll(PollResult::Error);
                 self.schedule(delay, ctx);
             }
             Ok(Fetched::NotModified) => {
@@ -335,6 +337,7 @@ impl PollActor {
                 }
                 self.failures = 0;
                 debug!(actor = "poll", decision = "unchanged"; "Target not modified");
+                METRICS.poll(PollResult::Unchanged);
                 if let Some(t) = trigger {
                     self.deps.reapply.do_send(Reapply {
                         force: t.force,
@@ -354,12 +357,14 @@ impl PollActor {
                 self.schedule(next, ctx);
             }
             Err(e) if matches!(e.status(), Some(401) | Some(404)) => {
+                METRICS.poll(PollResult::Error);
                 error!(actor = "poll", status = e.status().unwrap_or(0), error:% = ErrorChain(&e),
                     delay_ms = next.as_millis() as u64, decision = "wait",
                     reason = "the remote does not know this device or key; next scheduled poll"; "Target fetch refused");
                 self.schedule(next, ctx);
             }
             Err(e) => {
+                METRICS.poll(PollResult::Error);
                 let delay = e.retry_after().unwrap_or_else(|| self.backoff());
                 let (attempt, delay_ms) = (self.failures, delay.as_millis() as u64);
                 if attempt <= 1 {
@@ -416,6 +421,7 @@ impl PollActor {
         match cloud_model::convert(&body, &uuid, keep) {
             Err(e) => {
                 warn!(actor = "poll", reason:% = e, decision = "reject"; "Remote target rejected");
+                METRICS.poll(PollResult::Rejected);
                 self.etag = etag;
                 self.deps
                     .remote_bus
@@ -446,6 +452,7 @@ impl PollActor {
                     Ok(v) => v,
                     Err(e) => {
                         error!(error:% = e, decision = "reject"; "Target not serialisable");
+                        METRICS.poll(PollResult::Rejected);
                         return;
                     }
                 };
@@ -477,6 +484,10 @@ impl PollActor {
                 };
                 match res {
                     Ok(seq) => {
+                        METRICS.poll(match seq {
+                            Some(_) => PollResult::New,
+                            None => PollResult::Unchanged,
+                        });
                         self.etag = etag;
                         if let Some((p, legacy)) = legacy {
                             p.hand_off.do_send(crate::proxy::HandOff {
@@ -487,8 +498,11 @@ impl PollActor {
                             });
                         }
                     }
-                    Err(e) => warn!(actor = "poll", error:% = ErrorChain(&e), decision = "retry",
-                        reason = "target could not be stored; the next poll fetches it again"; "Target not stored"),
+                    Err(e) => {
+                        warn!(actor = "poll", error:% = ErrorChain(&e), decision = "retry",
+                            reason = "target could not be stored; the next poll fetches it again"; "Target not stored");
+                        METRICS.poll(PollResult::Error);
+                    }
                 }
             }
         }

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use tokio_stream::wrappers::WatchStream;
 
 use crate::bus::{RemoteBus, StateBus};
+use crate::metrics::{ReportKind, ReportResult, METRICS};
 use crate::ports::cloud::Cloud;
 use crate::ports::store::{Durability, Store};
 use crate::ports::sysinfo::{SysInfo, METRIC_KEYS};
@@ -145,6 +146,7 @@ impl ReportActor {
                         Ok(()) => {
                             act.tags.failures = 0;
                             info!(actor = "report", tags = send.len(), decision = "sent"; "Device tags reported");
+                            METRICS.report(ReportKind::Tags, ReportResult::Sent);
                             if let Err(e) = tags::settle(&act.deps.store, &send) {
                                 warn!(actor = "report", error:% = ErrorChain(&e), decision = "continue"; "Reported tags not stored");
                             }
@@ -159,6 +161,7 @@ impl ReportActor {
                             act.tags.failures += 1;
                             warn!(actor = "report", attempt = act.tags.failures, delay_ms = delay.as_millis() as u64,
                                 error:% = ErrorChain(&e), decision = "retry"; "Device tags report failed");
+                            METRICS.report(ReportKind::Tags, ReportResult::Failed);
                             act.push_tags(Some(delay), ctx);
                         }
                     }
@@ -260,6 +263,7 @@ impl ReportActor {
                             }
                             act.failures = 0;
                             info!(actor = "report", fields:? = keys, decision = "sent"; "State reported");
+                            METRICS.report(ReportKind::State, ReportResult::Sent);
                             let v = Value::Object(full.clone());
                             if let Err(e) = act.deps.store.put_json(LAST_REPORT_KEY, &v, Durability::Lazy) {
                                 warn!(actor = "report", error:% = ErrorChain(&e), decision = "continue"; "Last report not stored");
@@ -277,6 +281,7 @@ impl ReportActor {
                             act.failures += 1;
                             warn!(actor = "report", attempt = act.failures, delay_ms = delay.as_millis() as u64,
                                 error:% = ErrorChain(&e), decision = "retry"; "State report failed");
+                            METRICS.report(ReportKind::State, ReportResult::Failed);
                             act.later(delay, ctx);
                         }
                     }

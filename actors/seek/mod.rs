@@ -28,6 +28,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::bus::{CapsBus, StateBus, TargetBus, TargetRequest};
 use crate::host::OsVersion;
+use crate::metrics::{ApplyResult, METRICS};
 use crate::model::device::{Device, DeviceTarget};
 use crate::model::{EngineInfo, UpdateStatus};
 use crate::ports::engine::{Engine, EngineError, EngineSettings};
@@ -516,7 +517,12 @@ async fn apply(
     let started = Instant::now();
     let (current, images) = match read_and_publish(&engine, &deps, Some(&target)).await {
         Ok(d) => d,
-        Err(e) => return Outcome::transient(format!("reading the engine: {}", ErrorChain(&e))),
+        Err(e) => {
+            return counted(
+                Outcome::transient(format!("reading the engine: {}", ErrorChain(&e))),
+                started,
+            )
+        }
     };
     // The planner's target adds the images and the kept volumes; readers see the target itself.
     let mut prepared = current::prepare_target(target.clone(), &current);
@@ -546,7 +552,7 @@ async fn apply(
     });
     let worker = match worker.initial_state(current.clone()) {
         Ok(w) => w,
-        Err(e) => return Outcome::permanent(format!("model: {e}")),
+        Err(e) => return counted(Outcome::permanent(format!("model: {e}")), started),
     };
     let plan_started = Instant::now();
     // Planning is CPU work that grows with the device: keep it off the actors' thread.
@@ -557,18 +563,18 @@ async fn apply(
     .await;
     let (worker, found) = match planned {
         Ok(p) => p,
-        Err(e) => return Outcome::permanent(format!("planning task: {e}")),
+        Err(e) => return counted(Outcome::permanent(format!("planning task: {e}")), started),
     };
     let workflow = match found {
         Ok(Some(wf)) => wf,
         Ok(None) => {
             warn!(seq = req.seq, decision = "abort", reason = "no sequence of steps reaches the target";
                 "No plan found");
-            return Outcome::NoPlan;
+            return counted(Outcome::NoPlan, started);
         }
         Err(e) => {
             error!(seq = req.seq, error:% = e, decision = "abort", reason = "planning failed"; "Planning error");
-            return Outcome::NoPlan;
+            return counted(Outcome::NoPlan, started);
         }
     };
     let plan_ms = plan_started.elapsed().as_micros() as f64 / 1000.0;
@@ -622,6 +628,18 @@ async fn apply(
         info!(seq = req.seq, duration_ms = started.elapsed().as_millis() as u64, decision = "done";
             "Target reached");
     }
+    counted(outcome, started)
+}
+
+/// Counts an apply in `/metrics`; one that found the device on target (a drift check, mostly)
+/// returns before this and is not counted.
+fn counted(outcome: Outcome, started: Instant) -> Outcome {
+    let result = match outcome {
+        Outcome::Done => ApplyResult::Done,
+        Outcome::NoPlan => ApplyResult::NoPlan,
+        Outcome::Failed { .. } => ApplyResult::Failed,
+    };
+    METRICS.apply(result, started.elapsed());
     outcome
 }
 

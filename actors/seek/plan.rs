@@ -89,8 +89,11 @@ where
     match &r {
         Ok(_) => info!(step = what, app:% = app, release:% = release, object:% = object,
             duration_ms = ms, decision = "done"; "Step finished"),
-        Err(e) => warn!(step = what, app:% = app, release:% = release, object:% = object,
-            duration_ms = ms, error:% = crate::ErrorChain(e), decision = "fail"; "Step failed"),
+        Err(e) => {
+            warn!(step = what, app:% = app, release:% = release, object:% = object,
+                duration_ms = ms, error:% = crate::ErrorChain(e), decision = "fail"; "Step failed");
+            crate::metrics::METRICS.step_failed(what);
+        }
     }
     r
 }

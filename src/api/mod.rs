@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod host;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod v1;
 pub mod v2;
@@ -76,6 +77,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// The routes helios answers even in front of a legacy supervisor (spec/helios-proxy.md §5).
 pub fn own_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ping", web::get().to(v3::ping))
+        .route("/metrics", web::get().to(metrics::metrics))
         .route("/v3/status", web::get().to(v3::status))
         .route("/v3/version", web::get().to(v3::version))
         .route("/v3/capabilities", web::get().to(v3::capabilities))

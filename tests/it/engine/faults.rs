@@ -2,7 +2,8 @@
 //! (the previous release keeps running, the report and `/v3/status` say `aborted`), and tried
 //! again only when the target changes or a forced `/v1/update` asks; the engine lost mid-apply
 //! and a pull cut halfway are waited for and retried without giving up; a full state disk
-//! refuses new targets clearly while the apps keep running.
+//! refuses new targets clearly while the apps keep running. `GET /metrics` is checked against
+//! the log and the report after the bad release.
 use std::time::Duration;
 
 use bollard::query_parameters::InspectContainerOptions;
@@ -61,6 +62,68 @@ async fn running(d: &bollard::Docker, name: &str) -> bool {
         .ok()
         .and_then(|c| c.state?.running)
         == Some(true)
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in `GET /metrics`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `GET /metrics` after rel-1 was installed and rel-2 given up: its counters agree with the
+/// log and the report (one installed release, failed applies, failed pulls, polls, reports).
+fn metrics_tell_the_same_story(agent: &Agent) {
+    let r = agent.get("/metrics");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
+        "{r:?}"
+    );
+    let t = &r.body;
+    let get = |series: &str| metric(t, series).unwrap_or_else(|| panic!("no {series} in\n{t}"));
+    assert!(get("helios_applies_total{result=\"done\"}") >= 1.0, "{t}");
+    let failed = get("helios_applies_total{result=\"failed\"}");
+    assert!(failed >= 3.0, "three failed attempts at least:\n{t}");
+    let counted = get("helios_applies_total{result=\"done\"}")
+        + failed
+        + get("helios_applies_total{result=\"no_plan\"}");
+    assert_eq!(get("helios_apply_duration_seconds_count"), counted, "{t}");
+    assert_eq!(
+        get("helios_apply_duration_seconds_bucket{le=\"+Inf\"}"),
+        counted
+    );
+    let pulls_failed = agent
+        .logs()
+        .iter()
+        .filter(|l| l.contains("Step failed") && l.contains("step=pull"))
+        .count();
+    assert!(pulls_failed >= 3);
+    assert_eq!(
+        get("helios_step_failures_total{step=\"pull\"}"),
+        pulls_failed as f64,
+        "one count per failed pull line"
+    );
+    assert!(get("helios_polls_total{result=\"new\"}") >= 2.0, "{t}");
+    assert!(get("helios_poll_last_success_timestamp_seconds") > 1.7e9);
+    assert!(get("helios_reports_total{endpoint=\"state\",result=\"sent\"}") >= 1.0);
+    assert_eq!(get("helios_update_status{status=\"aborted\"}"), 1.0);
+    assert_eq!(
+        get(&format!(
+            "helios_release_services{{app_uuid=\"{APP}\",app_name=\"faults-fleet\",release_uuid=\"rel-1\"}}"
+        )),
+        1.0,
+        "rel-1's one container runs:\n{t}"
+    );
+    assert_eq!(
+        get(&format!(
+            "helios_target_release_info{{app_uuid=\"{APP}\",release_uuid=\"rel-2\"}}"
+        )),
+        1.0
+    );
+    assert!(get("process_resident_memory_bytes") > 1e6);
+    assert!(get("helios_store_size_bytes") > 0.0);
+    assert!(t.contains("helios_build_info{version=\""));
 }
 
 fn bad_image(infra: &Infra) -> String {
@@ -128,6 +191,7 @@ async fn a_bad_release_is_given_up_and_retried_only_on_change_or_force() {
     assert!(reported.is_some(), "the report says rel-2 aborted");
     let v1 = agent.get(&format!("/v1/device?apikey={KEY}")).json();
     assert_eq!(v1["update_failed"], true, "{v1}");
+    metrics_tell_the_same_story(&agent);
 
     // Asked again without force, with the same target: not retried.
     let mark = agent.logs().len();
