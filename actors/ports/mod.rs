@@ -8,3 +8,4 @@ pub mod locks;
 pub mod oci;
 pub mod store;
 pub mod sysinfo;
+pub mod unfinished;

@@ -16,8 +16,15 @@
 //!   looks exactly like a crash before the last flush and cannot be told apart.
 //! - A dropped `Db` releases its file lock a few milliseconds later (background threads), so an
 //!   immediate reopen in the same process waits for the lock instead of failing.
+//!
+//! sled may also panic on a damaged store. Unwinding builds catch that here; release builds
+//! abort (ARCHITECTURE.md "Footprint"), so the open runs under an unfinished-work marker,
+//! `<dir>.opening` (ports/unfinished.rs): when [`REPEATED`] earlier starts died while opening,
+//! the store is moved aside instead of crashing a third time.
 
 use std::io;
+
+use super::unfinished::{Unfinished, REPEATED};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -354,10 +361,31 @@ enum Failure {
     Corrupt(String),
 }
 
+/// The open under its unfinished-work marker (module docs).
 fn open_with(
     dir: &Path,
     cache_capacity: u64,
     opts: &OpenOptions,
+) -> Result<(Store, Opened), StoreError> {
+    let mut marker = dir.as_os_str().to_owned();
+    marker.push(".opening");
+    match Unfinished::begin(Path::new(&marker), "open") {
+        Ok((_marker, died)) => open_checked(dir, cache_capacity, opts, died),
+        Err(e) => {
+            warn!(path:% = dir.display(), error:% = e, decision = "continue",
+                reason = "cannot write the open marker: a store that crashes helios at open is not detected";
+                "Store open unguarded");
+            open_checked(dir, cache_capacity, opts, 0)
+        }
+    }
+}
+
+/// `died`: how many earlier starts died while opening this store.
+fn open_checked(
+    dir: &Path,
+    cache_capacity: u64,
+    opts: &OpenOptions,
+    died: u32,
 ) -> Result<(Store, Opened), StoreError> {
     let existed = dir.symlink_metadata().is_ok();
     let had_files =
@@ -368,7 +396,14 @@ fn open_with(
         None
     };
 
-    let reason = match try_open(dir, cache_capacity, opts, had_files) {
+    let tried = if died >= REPEATED && existed {
+        Err(Failure::Corrupt(format!(
+            "{died} earlier starts died while opening the store"
+        )))
+    } else {
+        try_open(dir, cache_capacity, opts, had_files)
+    };
+    let reason = match tried {
         Ok((store, report)) => {
             let opened = match report.found {
                 None => Opened::Fresh,
@@ -1142,6 +1177,26 @@ mod tests {
         let (store, opened) = open_with(&dir, CACHE, &opts).unwrap();
         let (_, reason) = assert_recovered(&dir, opened, &store);
         assert!(reason.contains("injected sled panic"), "{reason}");
+    }
+
+    /// What an aborting release build leaves when sled panics at open: the marker of the
+    /// starts that died. One death is retried (it may have been a kill), two are not.
+    #[test]
+    fn a_store_that_killed_two_starts_is_moved_aside() {
+        let (_tmp, dir) = populated_store();
+        let marker = PathBuf::from(format!("{}.opening", dir.display()));
+        std::fs::write(&marker, "1 open\n").unwrap();
+        let (store, opened) = Store::open(&dir, CACHE).unwrap();
+        assert!(matches!(opened, Opened::Existing { .. }), "{opened:?}");
+        assert!(!marker.exists(), "a finished open removes its marker");
+        drop(store);
+        assert!(wait_unlocked(&dir, Duration::from_secs(5)));
+
+        std::fs::write(&marker, "2 open\n").unwrap();
+        let (store, opened) = Store::open(&dir, CACHE).unwrap();
+        let (_, reason) = assert_recovered(&dir, opened, &store);
+        assert!(reason.contains("2 earlier starts died"), "{reason}");
+        assert!(!marker.exists());
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::model::{EngineInfo, UpdateStatus};
 use crate::ports::engine::{Engine, EngineError, EngineSettings};
 use crate::ports::locks::Locks;
 use crate::ports::store::Store;
+use crate::ports::unfinished::{Unfinished, REPEATED};
 use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
 
@@ -105,6 +106,8 @@ pub struct SeekActor {
     /// changes or a forced re-apply asks.
     given_up: Option<Arc<serde_json::Value>>,
     status: UpdateStatus,
+    /// Digest of the last target this process planned (its planning needs no marker again).
+    planned: Option<u64>,
 }
 
 /// Why an apply started.
@@ -138,6 +141,30 @@ impl std::fmt::Display for Cause {
     }
 }
 
+/// Runtime-dir file marking a planning in progress (ports/unfinished.rs): a target whose
+/// planning killed [`REPEATED`] processes (an aborting panic) is given up, not crash-looped on.
+const PLANNING_MARKER: &str = "helios-planning";
+
+/// One apply's request, as `start_apply` hands it over.
+struct Run {
+    cause: Cause,
+    req: Arc<TargetRequest>,
+    attempt: u32,
+    /// The planning marker, when this target has not been planned by this process yet.
+    guard: Option<Unfinished>,
+}
+
+/// FNV-1a of the target's JSON text (serde_json maps are sorted): the same target gives the
+/// same digest in every process.
+fn target_digest(target: &serde_json::Value) -> u64 {
+    target
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
 /// How an apply ended.
 enum Outcome {
     /// Reached the target.
@@ -148,6 +175,8 @@ enum Outcome {
     Failed { reason: String, transient: bool },
     /// No workflow reaches the target.
     NoPlan,
+    /// Earlier processes died planning this target: it is given up without planning.
+    Crashed(String),
 }
 
 impl Outcome {
@@ -192,6 +221,7 @@ impl SeekActor {
             failures: 0,
             given_up: None,
             status: UpdateStatus::Done,
+            planned: None,
         }
     }
 
@@ -313,19 +343,50 @@ impl SeekActor {
         self.deps.state.update(|c| c.seq = req.seq);
         self.set_status(UpdateStatus::ApplyingChanges);
         self.attempt += 1;
-        let fut = apply(
+        let digest = target_digest(&req.target);
+        let guard = if self.planned == Some(digest) {
+            None
+        } else {
+            let path = self.deps.runtime_dir.join(PLANNING_MARKER);
+            match Unfinished::begin(&path, &format!("{digest:016x}")) {
+                Ok((m, died)) if died >= REPEATED && !req.force => {
+                    m.keep();
+                    let reason =
+                        format!("{died} earlier processes died while planning this target");
+                    self.finished(Outcome::Crashed(reason), ctx);
+                    return;
+                }
+                Ok((m, _)) => Some(m),
+                Err(e) => {
+                    debug!(path:% = path.display(), error:% = e, decision = "continue",
+                        reason = "cannot write the planning marker"; "Planning unguarded");
+                    None
+                }
+            }
+        };
+        let run = Run {
             cause,
+            req: req.clone(),
+            attempt: self.attempt,
+            guard,
+        };
+        let fut = apply(
+            run,
             engine,
             self.template.clone(),
             self.deps.clone(),
             target,
-            req.clone(),
-            self.attempt,
         );
-        let handle = ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
-            act.applying = None;
-            act.finished(outcome, ctx);
-        }));
+        let handle = ctx.spawn(
+            fut.into_actor(self)
+                .map(move |(outcome, planned), act, ctx| {
+                    act.applying = None;
+                    if planned {
+                        act.planned = Some(digest);
+                    }
+                    act.finished(outcome, ctx);
+                }),
+        );
         self.applying = Some(handle);
     }
 
@@ -349,6 +410,11 @@ impl SeekActor {
                 self.failures += 1;
                 "no sequence of steps reaches the target".to_string()
             }
+            Outcome::Crashed(reason) => {
+                self.failures = self.failures.max(1);
+                self.give_up(reason, "planning it crashed helios repeatedly; retried when it changes or on a forced update");
+                return;
+            }
             Outcome::Failed { reason, transient } => {
                 debug!(reason:% = reason, transient, decision = "retry"; "Apply failed");
                 if transient {
@@ -361,7 +427,10 @@ impl SeekActor {
         };
         let max = self.deps.settings.max_attempts;
         if max > 0 && self.failures >= max {
-            self.give_up(reason);
+            self.give_up(
+                reason,
+                "the target failed max_attempts times; retried when it changes or on a forced update",
+            );
         } else {
             self.schedule_retry(ctx);
         }
@@ -400,13 +469,12 @@ impl SeekActor {
     /// `max_attempts` failures of the same target: stop retrying it. What runs stays as the
     /// failed attempts left it; the status is `aborted` until the target changes or a forced
     /// re-apply asks.
-    fn give_up(&mut self, reason: String) {
+    fn give_up(&mut self, error: String, why: &'static str) {
         let Some(t) = self.target.clone() else {
             return;
         };
-        error!(seq = t.seq, attempts = self.failures, error:% = reason, decision = "give_up",
-            reason = "the target failed max_attempts times; retried when it changes or on a forced update";
-            "Target given up");
+        error!(seq = t.seq, attempts = self.failures, error:% = error, decision = "give_up",
+            reason = why; "Target given up");
         self.given_up = Some(t.target.clone());
         self.set_status(UpdateStatus::Aborted);
     }
@@ -506,22 +574,24 @@ async fn read_and_publish(
 
 /// One apply: read the engine, plan, run the workflow while publishing every state.
 async fn apply(
-    cause: Cause,
+    run: Run,
     engine: Engine,
     template: Worker<Device, Uninitialized>,
     deps: SeekDeps,
     target: DeviceTarget,
-    req: Arc<TargetRequest>,
-    attempt: u32,
-) -> Outcome {
+) -> (Outcome, bool) {
+    let Run {
+        cause,
+        req,
+        attempt,
+        guard,
+    } = run;
     let started = Instant::now();
     let (current, images) = match read_and_publish(&engine, &deps, Some(&target)).await {
         Ok(d) => d,
         Err(e) => {
-            return counted(
-                Outcome::transient(format!("reading the engine: {}", ErrorChain(&e))),
-                started,
-            )
+            let reason = format!("reading the engine: {}", ErrorChain(&e));
+            return (counted(Outcome::transient(reason), started), false);
         }
     };
     // The planner's target adds the images and the kept volumes; readers see the target itself.
@@ -552,7 +622,10 @@ async fn apply(
     });
     let worker = match worker.initial_state(current.clone()) {
         Ok(w) => w,
-        Err(e) => return counted(Outcome::permanent(format!("model: {e}")), started),
+        Err(e) => {
+            let reason = format!("model: {e}");
+            return (counted(Outcome::permanent(reason), started), false);
+        }
     };
     let plan_started = Instant::now();
     // Planning is CPU work that grows with the device: keep it off the actors' thread.
@@ -561,29 +634,35 @@ async fn apply(
         (worker, wf)
     })
     .await;
+    // This process lived through planning: the marker goes (a panic that unwound included).
+    drop(guard);
     let (worker, found) = match planned {
         Ok(p) => p,
-        Err(e) => return counted(Outcome::permanent(format!("planning task: {e}")), started),
+        Err(e) => {
+            let reason = format!("planning task: {e}");
+            return (counted(Outcome::permanent(reason), started), true);
+        }
     };
     let workflow = match found {
         Ok(Some(wf)) => wf,
         Ok(None) => {
             warn!(seq = req.seq, decision = "abort", reason = "no sequence of steps reaches the target";
                 "No plan found");
-            return counted(Outcome::NoPlan, started);
+            return (counted(Outcome::NoPlan, started), true);
         }
         Err(e) => {
             error!(seq = req.seq, error:% = e, decision = "abort", reason = "planning failed"; "Planning error");
-            return counted(Outcome::NoPlan, started);
+            return (counted(Outcome::NoPlan, started), true);
         }
     };
     let plan_ms = plan_started.elapsed().as_micros() as f64 / 1000.0;
     if workflow.is_empty() {
         debug!(seq = req.seq, decision = "noop", reason = "the device is on target"; "Nothing to do");
-        return Outcome::Done;
+        return (Outcome::Done, true);
     }
     let steps = messages::steps(&workflow);
     info!(seq = req.seq, source:% = req.source, attempt, steps = steps.len(), plan_ms,
+        digest:% = format_args!("{:016x}", target_digest(&req.target)),
         cause:% = cause, decision = "apply", reason = cause.reason(); "Plan computed");
     for (i, s) in steps.iter().enumerate() {
         info!(seq = req.seq, n = i + 1, step:% = s, decision = "plan"; "Planned step");
@@ -628,7 +707,7 @@ async fn apply(
         info!(seq = req.seq, duration_ms = started.elapsed().as_millis() as u64, decision = "done";
             "Target reached");
     }
-    counted(outcome, started)
+    (counted(outcome, started), true)
 }
 
 /// Counts an apply in `/metrics`; one that found the device on target (a drift check, mostly)
@@ -637,7 +716,7 @@ fn counted(outcome: Outcome, started: Instant) -> Outcome {
     let result = match outcome {
         Outcome::Done => ApplyResult::Done,
         Outcome::NoPlan => ApplyResult::NoPlan,
-        Outcome::Failed { .. } => ApplyResult::Failed,
+        Outcome::Failed { .. } | Outcome::Crashed(_) => ApplyResult::Failed,
     };
     METRICS.apply(result, started.elapsed());
     outcome

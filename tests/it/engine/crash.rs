@@ -13,12 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptions, ListVolumesOptions,
+    InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptions, ListVolumesOptions,
 };
 use bollard::Docker;
 use serde_json::{json, Value};
 
-use crate::support::agent::{eventually, Agent, AgentOpts};
+use crate::support::agent::{eventually, field, Agent, AgentOpts};
 use crate::support::infra::{docker, empty_engine, exec, infra, Infra};
 
 const APP: &str = "crash-app";
@@ -424,4 +425,74 @@ fn sigkill_at_any_point_of_an_update_converges() {
         plan.len() - failed.len()
     );
     assert!(failed.is_empty(), "crash points failed: {failed:?}");
+}
+
+/// What an aborting release build leaves when planning a target panics: the planning marker
+/// (`<runtime dir>/helios-planning`) of the processes that died in it. After two such deaths
+/// the next start gives the target up without planning it (no crash loop), leaving what runs
+/// alone; a new target is planned and applied.
+#[tokio::test]
+async fn a_target_whose_planning_killed_helios_twice_is_given_up() {
+    let Some(infra) = infra("engine::crash") else {
+        return;
+    };
+    let d = docker(infra).await;
+    empty_engine(&d).await;
+    let home = tempfile::tempdir().unwrap();
+    let app = |rel: &str| {
+        json!({"id": 6, "name": "planning", "releases": {rel: {"services": {
+            "main": service(&infra.image_a, 1, json!({}))}}}})
+        .to_string()
+    };
+    let running = |name: &'static str| {
+        let d = d.clone();
+        async move {
+            d.inspect_container(name, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|c| c.state?.running)
+                == Some(true)
+        }
+    };
+    let mut first = agent(infra, home.path());
+    let r = first.post_json("/v3/device/apps/plan-app", &app("p1"));
+    assert_eq!(r.status, 202, "{r:?}");
+    let line = first
+        .wait_log(|l| l.contains("Plan computed"), Duration::from_secs(60))
+        .expect("p1 is planned");
+    let digest = field(&line, "digest").expect("the plan line names the target's digest");
+    first.wait_status("done", Duration::from_secs(60));
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(30)).is_some());
+    let marker = home.path().join("run").join("helios-planning");
+    assert!(!marker.exists(), "a planning that ended leaves no marker");
+
+    std::fs::write(&marker, format!("2 {digest}\n")).unwrap();
+    let second = agent(infra, home.path());
+    let line = second
+        .wait_log(|l| l.contains("decision=give_up"), Duration::from_secs(60))
+        .expect("the target is given up");
+    assert!(
+        line.contains("2 earlier processes died while planning this target"),
+        "{line}"
+    );
+    second.wait_status("aborted", Duration::from_secs(10));
+    assert!(
+        !second.logs().iter().any(|l| l.contains("Plan computed")),
+        "nothing was planned"
+    );
+    assert!(running("main_p1").await, "what runs is left alone");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        format!("3 {digest}\n"),
+        "the refusal keeps the marker for later starts"
+    );
+
+    let r = second.post_json("/v3/device/apps/plan-app", &app("p2"));
+    assert_eq!(r.status, 202, "{r:?}");
+    second.wait_status("done", Duration::from_secs(60));
+    assert!(running("main_p2").await, "a new target is applied");
+    assert!(!marker.exists(), "its planning ended: no marker");
+    drop(second);
+    empty_engine(&d).await;
 }

@@ -1,0 +1,99 @@
+//! Unfinished-work markers: a small file that exists while a step runs that could take the
+//! process down with it (release builds abort on panic, ARCHITECTURE.md "Footprint"). A start
+//! that finds the marker knows how many earlier processes died inside that step for the same
+//! key, and stops repeating a step that crashes every time instead of crash-looping.
+//!
+//! File format: `<count> <key>\n`, written whole (temp file + rename), no fsync: the markers
+//! live where a lost write costs one more attempt at most.
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Earlier deaths in the same step for the same key after which it is not tried again: one
+/// death may be a power cut or a kill, two in a row are the step itself.
+pub const REPEATED: u32 = 2;
+
+/// A step in progress. Dropping it (the step ended and the process is alive, also when a
+/// panic unwinds through it) removes the marker; an abort or a kill leaves it.
+#[derive(Debug)]
+pub struct Unfinished {
+    path: Option<PathBuf>,
+}
+
+impl Unfinished {
+    /// Marks the step for `key` as running and returns how many earlier processes started it
+    /// for the same key without finishing (0 when the marker is absent or names another key).
+    pub fn begin(path: &Path, key: &str) -> io::Result<(Unfinished, u32)> {
+        let died = earlier(path, key);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{} {key}\n", died.saturating_add(1)))?;
+        std::fs::rename(&tmp, path)?;
+        Ok((
+            Unfinished {
+                path: Some(path.to_owned()),
+            },
+            died,
+        ))
+    }
+
+    /// Leaves the marker in place, as a death would (the step is being refused, and later
+    /// starts must keep refusing it).
+    pub fn keep(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// How many processes died in the step for `key`, as the marker at `path` says.
+pub fn earlier(path: &Path, key: &str) -> u32 {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    let line = text.trim_end_matches('\n');
+    match line.split_once(' ') {
+        Some((n, k)) if k == key => n.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_deaths_per_key_and_forgets_finished_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("step");
+        let (m, died) = Unfinished::begin(&p, "a").unwrap();
+        assert_eq!(died, 0);
+        // The process "dies": the marker stays, and the next start sees one death.
+        std::mem::forget(m);
+        let (m, died) = Unfinished::begin(&p, "a").unwrap();
+        assert_eq!(died, 1);
+        m.keep();
+        assert_eq!(earlier(&p, "a"), 2);
+        // Another key starts from zero.
+        let (m, died) = Unfinished::begin(&p, "b").unwrap();
+        assert_eq!(died, 0);
+        drop(m);
+        assert!(!p.exists());
+        assert_eq!(earlier(&p, "b"), 0);
+        assert!(!p.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn a_garbled_marker_counts_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("step");
+        std::fs::write(&p, "x y z").unwrap();
+        assert_eq!(earlier(&p, "y z"), 0);
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(earlier(&p, ""), 0);
+    }
+}
