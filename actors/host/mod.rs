@@ -424,33 +424,27 @@ impl HostActor {
         has.then(|| self.bus.clone()).flatten()
     }
 
-    /// Takes the update locks of every app on the device (as the legacy supervisor does);
-    /// on a user lock, releases what it took and says which.
-    fn lock_all(&self, force: bool) -> Result<Vec<String>, (String, String)> {
-        self.lock_all_with(force, false)
-    }
-
-    /// `lock_all`, the locks kept through applies' releases when `keep` (see `Locks::keep`),
-    /// also for the apps of the target (`also`) that are not on the device yet.
-    fn lock_all_with(&self, force: bool, keep: bool) -> Result<Vec<String>, (String, String)> {
+    /// Takes and keeps the update locks of every app on the device (as the legacy supervisor
+    /// does), so an apply ending meanwhile cannot release them (`Locks::keep`); the caller
+    /// unkeeps each returned app when done. With `target_apps`, also the apps of the host
+    /// target that are not on the device yet. On a user lock, gives back what it took and
+    /// says which.
+    fn keep_all_locks(
+        &self,
+        force: bool,
+        target_apps: bool,
+    ) -> Result<Vec<String>, (String, String)> {
         let locks = &self.deps.locks;
         let mut apps: Vec<String> = self.deps.state.get().model.apps.keys().cloned().collect();
-        if keep {
+        if target_apps {
             apps.extend(self.hup.target_apps.iter().cloned());
             apps.sort();
             apps.dedup();
         }
         for (i, app) in apps.iter().enumerate() {
-            let taken = match keep {
-                true => locks.keep(app, force),
-                false => locks.take(app, force),
-            };
-            if let Err(e) = taken {
+            if let Err(e) = locks.keep(app, force) {
                 for a in &apps[..i] {
-                    match keep {
-                        true => locks.unkeep(a),
-                        false => locks.release(a),
-                    }
+                    locks.unkeep(a);
                 }
                 return Err((app.clone(), e.to_string()));
             }
@@ -636,7 +630,7 @@ impl HostActor {
             // Seek reports the engine's absence (and finds it at start).
             return self.wait("the engine is unreachable".into(), Some(&target), true, ctx);
         }
-        let apps = match self.lock_all_with(self.hup.force, true) {
+        let apps = match self.keep_all_locks(self.hup.force, true) {
             Ok(apps) => apps,
             Err((app, e)) => {
                 return self.wait(
@@ -755,7 +749,7 @@ impl Handler<Power> for HostActor {
                 "org.freedesktop.login1 is not available on the system bus".into(),
             ));
         };
-        let apps = match self.lock_all(msg.force) {
+        let apps = match self.keep_all_locks(msg.force, false) {
             Ok(apps) => apps,
             Err((app, e)) => {
                 warn!(action:? = msg.action, app:% = app, error:% = e, decision = "refuse",
@@ -776,7 +770,9 @@ impl Handler<Power> for HostActor {
                 match res {
                     Ok(()) => info!(action:? = action, decision = "done"; "Power action requested from logind"),
                     Err(e) => {
-                        locks.release_all();
+                        for a in &apps {
+                            locks.unkeep(a);
+                        }
                         warn!(action:? = action, error:% = ErrorChain(&e), decision = "abort"; "Power action failed");
                     }
                 }
@@ -882,7 +878,7 @@ impl Handler<PatchHostConfig> for HostActor {
                 return Box::pin(async move { Err(e) });
             }
         };
-        let apps = match self.lock_all(msg.force) {
+        let apps = match self.keep_all_locks(msg.force, false) {
             Ok(apps) => apps,
             Err((app, e)) => {
                 warn!(app:% = app, error:% = e, decision = "refuse", reason = "update locks held"; "Host config refused");
@@ -894,7 +890,7 @@ impl Handler<PatchHostConfig> for HostActor {
         Box::pin(async move {
             let res = patch_host_config(&boot, hostname, hostnamed, proxy, systemd).await;
             for a in &apps {
-                locks.release(a);
+                locks.unkeep(a);
             }
             if let Err(e) = &res {
                 warn!(error:% = e, decision = "abort", reason = "the host refused the change"; "Host config failed");

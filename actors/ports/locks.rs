@@ -35,9 +35,10 @@ pub enum LockError {
 pub struct Locks {
     root: PathBuf,
     held: Mutex<BTreeMap<String, Vec<(PathBuf, File)>>>,
-    /// Apps whose locks a long host operation keeps ([`Locks::keep`]): `release` and
-    /// `release_all` (the end of an apply) leave them until [`Locks::unkeep`].
-    kept: Mutex<std::collections::BTreeSet<String>>,
+    /// Apps whose locks host operations keep ([`Locks::keep`]), with how many keep them
+    /// (an OS update and a host-config change may overlap): `release` and `release_all` (the
+    /// end of an apply) leave them until the last [`Locks::unkeep`].
+    kept: Mutex<BTreeMap<String, u32>>,
 }
 
 impl Locks {
@@ -146,22 +147,32 @@ impl Locks {
     }
 
     /// Takes the app's locks (as [`Locks::take`]) and keeps them through other holders'
-    /// releases until [`Locks::unkeep`] (a host OS update runs beside applies).
+    /// releases until the matching [`Locks::unkeep`] (host operations run beside applies).
     pub fn keep(&self, app: &str, force: bool) -> Result<(), LockError> {
         self.take(app, force)?;
-        self.kept
+        *self
+            .kept
             .lock()
             .expect("kept set is not poisoned")
-            .insert(app.to_string());
+            .entry(app.to_string())
+            .or_default() += 1;
         Ok(())
     }
 
-    /// Ends a [`Locks::keep`] and releases the app's locks.
+    /// Ends one [`Locks::keep`]; the last one releases the app's locks.
     pub fn unkeep(&self, app: &str) {
-        self.kept
-            .lock()
-            .expect("kept set is not poisoned")
-            .remove(app);
+        {
+            let mut kept = self.kept.lock().expect("kept set is not poisoned");
+            match kept.get_mut(app) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                _ => {
+                    kept.remove(app);
+                }
+            }
+        }
         self.release(app);
     }
 
@@ -172,7 +183,7 @@ impl Locks {
             .kept
             .lock()
             .expect("kept set is not poisoned")
-            .contains(app)
+            .contains_key(app)
         {
             return;
         }
@@ -205,6 +216,24 @@ impl Locks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_locks_outlive_releases_until_the_last_unkeep() {
+        let d = tempfile::tempdir().unwrap();
+        let locks = Locks::new(d.path());
+        let file = locks.dir("app").join("updates.lock");
+        locks.keep("app", false).unwrap();
+        locks.keep("app", false).unwrap();
+        locks.release_all();
+        assert!(file.exists(), "an apply's release leaves kept locks");
+        locks.unkeep("app");
+        assert!(file.exists(), "one keeper is left");
+        locks.release("app");
+        assert!(file.exists());
+        locks.unkeep("app");
+        assert!(!file.exists(), "the last unkeep releases");
+        assert!(locks.held("app").is_empty());
+    }
 
     #[test]
     fn user_lock_blocks_unless_forced_and_ours_are_released() {

@@ -2,8 +2,8 @@
 //! legacy device status and the single-container app view.
 //!
 //! Health (`GET /v1/healthy`): the engine is reachable and the apply loop is not stuck, i.e. it
-//! has not shown `applying changes` for longer than [`STUCK_AFTER`] without an image pull in
-//! progress ([`ApplyClock`] keeps when that started). Poll freshness is not checked: the
+//! has not shown `applying changes` for longer than [`STUCK_AFTER`] without an image pull or a
+//! host OS update in progress ([`ApplyClock`] keeps when that started; [`in_progress`]). Poll freshness is not checked: the
 //! PollActor publishes no time of its last successful fetch.
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use helios_actors::bus::{StateBus, TargetBus};
 use helios_actors::host::OsVersion;
-use helios_actors::model::UpdateStatus;
+use helios_actors::model::host::HostPhase;
+use helios_actors::model::{CurrentState, UpdateStatus};
 use helios_actors::ports::oci::{injected_environment, ServiceContext};
 use helios_actors::ports::sysinfo::SysInfo;
 
@@ -80,16 +81,26 @@ impl ApplyClock {
     }
 }
 
-/// Why the device is unhealthy, if it is.
+/// Work that may rightly take longer than [`STUCK_AFTER`]: an image pull, or a host OS update
+/// (installing or waiting to retry one).
+pub fn in_progress(cur: &CurrentState) -> bool {
+    cur.model.images.values().any(|i| i.download_progress < 100)
+        || cur
+            .host
+            .as_ref()
+            .is_some_and(|h| h.phase == HostPhase::Working)
+}
+
+/// Why the device is unhealthy, if it is; `progressing`: see [`in_progress`].
 pub fn health_problem(
     engine: bool,
     applying_for: Option<Duration>,
-    pulling: bool,
+    progressing: bool,
 ) -> Option<&'static str> {
     if !engine {
         return Some("engine unreachable");
     }
-    if applying_for.is_some_and(|d| d > STUCK_AFTER) && !pulling {
+    if applying_for.is_some_and(|d| d > STUCK_AFTER) && !progressing {
         return Some("apply stuck");
     }
     None
@@ -111,13 +122,8 @@ async fn healthy(state: web::Data<ApiState>, clock: Option<web::Data<ApplyClock>
         None => &local,
     };
     let applying_for = clock.observe(applying, Instant::now());
-    let pulling = view
-        .model()
-        .images
-        .values()
-        .any(|i| i.download_progress < 100);
     let engine = state.caps.get().engine.is_some();
-    match health_problem(engine, applying_for, pulling) {
+    match health_problem(engine, applying_for, in_progress(&view.cur)) {
         None => text(actix_web::http::StatusCode::OK, "OK"),
         Some(reason) => {
             warn!(reason, duration_ms = applying_for.map_or(0, |d| d.as_millis() as u64),
@@ -358,6 +364,35 @@ mod tests {
         );
         assert_eq!(health_problem(true, long, false), Some("apply stuck"));
         assert_eq!(health_problem(true, long, true), None, "a pull is progress");
+    }
+
+    #[test]
+    fn pulls_and_host_os_updates_are_progress() {
+        let mut cur = CurrentState::default();
+        assert!(!in_progress(&cur));
+        cur.model.images.insert(
+            "img".into(),
+            helios_actors::model::device::Image {
+                oci_id: None,
+                download_progress: 40,
+            },
+        );
+        assert!(in_progress(&cur), "a pull");
+        cur.model.images.clear();
+        let host = |phase| helios_actors::model::host::HostState {
+            meta: OsVersion {
+                name: "balenaOS".into(),
+                version: "6.0.0".into(),
+                build: None,
+            },
+            releases: Default::default(),
+            seq: 1,
+            phase,
+        };
+        cur.host = Some(host(HostPhase::Working));
+        assert!(in_progress(&cur), "a host OS update");
+        cur.host = Some(host(HostPhase::Aborted));
+        assert!(!in_progress(&cur));
     }
 
     #[test]

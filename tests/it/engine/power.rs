@@ -1,6 +1,6 @@
 //! `/v1/reboot` and `/v1/shutdown` through a fake logind on the private bus: refused while a
-//! user holds an update lock, called exactly once after the answer when forced, and a clear
-//! error without logind.
+//! user holds an update lock, called exactly once after the answer when forced (its locks kept
+//! through applies that end meanwhile), and a clear error without logind.
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -74,6 +74,29 @@ async fn reboot_respects_locks_and_calls_logind_once_after_answering() {
     assert_eq!(calls.len(), 1, "exactly once: {calls:?}");
     assert_eq!(calls[0].0, "Reboot");
     assert!(called[0].1 >= answered, "called after the API answered");
+
+    // The reboot keeps the app's locks, also through an apply that ends meanwhile (the end of
+    // an apply releases the locks it holds, never kept ones).
+    let ours = home
+        .path()
+        .join("run/update-locks/power-app/resin-updates.lock");
+    assert!(ours.exists(), "the reboot holds the app's locks");
+    let mark = agent.logs().len();
+    let r = agent.post_json("/v1/update", "{}");
+    assert!(matches!(r.status, 202 | 204), "{r:?}");
+    agent
+        .wait_log_after(
+            mark,
+            |l| l.contains("decision=reapply"),
+            Duration::from_secs(10),
+        )
+        .expect("the target is re-applied");
+    agent.wait_status("done", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        ours.exists(),
+        "an apply ending meanwhile left the reboot's locks"
+    );
     drop(agent);
     empty_engine(&d).await;
 }
