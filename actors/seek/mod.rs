@@ -33,7 +33,7 @@ use crate::model::device::{Device, DeviceTarget};
 use crate::model::{EngineInfo, UpdateStatus};
 use crate::ports::engine::{Engine, EngineError, EngineSettings};
 use crate::ports::locks::Locks;
-use crate::ports::store::Store;
+use crate::ports::store::{Durability, Store};
 use crate::ports::unfinished::{Unfinished, REPEATED};
 use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
@@ -108,6 +108,9 @@ pub struct SeekActor {
     status: UpdateStatus,
     /// Digest of the last target this process planned (its planning needs no marker again).
     planned: Option<u64>,
+    /// The given-up target the store records (digest, failed attempts): a restart does not
+    /// try it again either.
+    given_up_stored: Option<(u64, u32)>,
 }
 
 /// Why an apply started.
@@ -165,6 +168,16 @@ fn target_digest(target: &serde_json::Value) -> u64 {
         })
 }
 
+/// Store key of the target Seek gave up on: `{"digest": "<16 hex>", "attempts": n}`.
+pub const GIVEN_UP_KEY: &str = "seek/given-up";
+
+fn read_given_up(store: &Store) -> Option<(u64, u32)> {
+    let v = store.get_json(GIVEN_UP_KEY).ok().flatten()?;
+    let digest = u64::from_str_radix(v.get("digest")?.as_str()?, 16).ok()?;
+    let attempts = v.get("attempts")?.as_u64()?;
+    Some((digest, u32::try_from(attempts).unwrap_or(u32::MAX)))
+}
+
 /// How an apply ended.
 enum Outcome {
     /// Reached the target.
@@ -204,6 +217,7 @@ fn error_is_transient(e: &mahler::error::Error) -> bool {
 
 impl SeekActor {
     pub fn new(deps: SeekDeps, restarts: Restarts) -> Self {
+        let given_up_stored = read_given_up(&deps.store);
         SeekActor {
             deps,
             restarts,
@@ -222,6 +236,7 @@ impl SeekActor {
             given_up: None,
             status: UpdateStatus::Done,
             planned: None,
+            given_up_stored,
         }
     }
 
@@ -281,6 +296,14 @@ impl SeekActor {
     /// A new target: apply now, interrupt the running apply, or queue behind it. A target that
     /// was given up is not retried unless it changed or `force` asks.
     fn on_target(&mut self, req: Arc<TargetRequest>, ctx: &mut Context<Self>) {
+        if self.given_up.is_none()
+            && self
+                .given_up_stored
+                .is_some_and(|(d, _)| d == target_digest(&req.target))
+        {
+            self.given_up = Some(req.target.clone());
+            self.failures = self.given_up_stored.map_or(0, |(_, n)| n);
+        }
         let given_up = self.given_up.as_ref().is_some_and(|g| *g == req.target);
         if given_up && !req.force {
             info!(seq = req.seq, source:% = req.source, attempts = self.failures, decision = "skip",
@@ -295,6 +318,7 @@ impl SeekActor {
         if !same || req.force || self.given_up.is_some() {
             self.failures = 0;
             self.given_up = None;
+            self.forget_given_up();
         }
         if self.applying.is_some() {
             if req.cancel {
@@ -477,6 +501,28 @@ impl SeekActor {
             reason = why; "Target given up");
         self.given_up = Some(t.target.clone());
         self.set_status(UpdateStatus::Aborted);
+        let record = (target_digest(&t.target), self.failures);
+        let value =
+            serde_json::json!({"digest": format!("{:016x}", record.0), "attempts": record.1});
+        match self
+            .deps
+            .store
+            .put_json(GIVEN_UP_KEY, &value, Durability::Flush)
+        {
+            Ok(()) => self.given_up_stored = Some(record),
+            Err(e) => warn!(seq = t.seq, error:% = ErrorChain(&e), decision = "continue",
+                reason = "the give-up is not stored: a restart tries the target again"; "Give-up not stored"),
+        }
+    }
+
+    /// Drops the stored give-up (a new target, or a forced retry); writes only if there is one.
+    fn forget_given_up(&mut self) {
+        if self.given_up_stored.take().is_some() {
+            if let Err(e) = self.deps.store.remove(GIVEN_UP_KEY) {
+                warn!(error:% = ErrorChain(&e), decision = "continue",
+                    reason = "a stale give-up stays stored; it only matches the same target"; "Give-up not removed");
+            }
+        }
     }
 
     fn schedule_retry(&mut self, ctx: &mut Context<Self>) {

@@ -1,8 +1,8 @@
 //! Faults under a real engine: a bad release is given up after `seek.max_attempts` failures
-//! (the previous release keeps running, the report and `/v3/status` say `aborted`), and tried
-//! again only when the target changes or a forced `/v1/update` asks; the engine lost mid-apply
-//! and a pull cut halfway are waited for and retried without giving up; a full state disk
-//! refuses new targets clearly while the apps keep running. `GET /metrics` is checked against
+//! (the previous release keeps running, the report and `/v3/status` say `aborted`, also after
+//! a restart), and tried again only when the target changes or a forced `/v1/update` asks;
+//! the engine lost mid-apply and a pull cut halfway are waited for and retried without giving
+//! up; a full state disk refuses new targets clearly while the apps keep running. `GET /metrics` is checked against
 //! the log and the report after the bad release.
 use std::time::Duration;
 
@@ -163,7 +163,7 @@ async fn a_bad_release_is_given_up_and_retried_only_on_change_or_force() {
     ] {
         opts = opts.arg(a);
     }
-    let agent = Agent::start(opts);
+    let mut agent = Agent::start(opts.clone());
     let done = eventually(Duration::from_secs(90), || {
         (release_status(&cloud, "rel-1").as_deref() == Some("done")).then_some(())
     });
@@ -174,7 +174,6 @@ async fn a_bad_release_is_given_up_and_retried_only_on_change_or_force() {
     let mark = agent.logs().len();
     update(&agent, "");
     assert_eq!(wait_give_up(&agent, mark), "3");
-    let applies = count(&agent, "decision=apply ");
     assert_eq!(
         agent.logs()[mark..]
             .iter()
@@ -193,6 +192,24 @@ async fn a_bad_release_is_given_up_and_retried_only_on_change_or_force() {
     assert_eq!(v1["update_failed"], true, "{v1}");
     metrics_tell_the_same_story(&agent);
 
+    // A restart remembers the give-up (store key seek/given-up): no new attempts.
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).is_some());
+    let agent = Agent::start(opts);
+    agent
+        .wait_log(
+            |l| l.contains("Target not retried"),
+            Duration::from_secs(30),
+        )
+        .expect("the stored give-up holds after a restart");
+    agent.wait_status("aborted", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(&agent, "decision=apply "),
+        0,
+        "no attempt after the restart"
+    );
+
     // Asked again without force, with the same target: not retried.
     let mark = agent.logs().len();
     update(&agent, r#"{"force": false}"#);
@@ -205,7 +222,7 @@ async fn a_bad_release_is_given_up_and_retried_only_on_change_or_force() {
         .expect("an unforced update of the same target is skipped");
     // Several retry intervals later there is still no new attempt.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count(&agent, "decision=apply "), applies, "no new attempt");
+    assert_eq!(count(&agent, "decision=apply "), 0, "no new attempt");
     assert_eq!(agent.get("/v3/status").json()["status"], "aborted");
 
     // A forced update tries the same target again, max_attempts more times.

@@ -15,6 +15,7 @@ pub struct Agent {
 }
 
 /// How to start an agent: extra flags and environment, and the home dir its XDG dirs live in.
+#[derive(Clone)]
 pub struct AgentOpts {
     pub home: PathBuf,
     pub args: Vec<String>,
