@@ -261,9 +261,7 @@ pub async fn run(
         host_config_patch: host.clone().recipient(),
         seek_cleanup: seek.clone().recipient(),
         poll: remote_settings.is_some().then(|| poll.clone().recipient()),
-        report_tags: remote_settings
-            .is_some()
-            .then(|| report.clone().recipient()),
+        report: remote_settings.is_some().then(|| report.clone()),
         remote: remote_bus.clone(),
         keys,
         store: store.clone(),

@@ -22,6 +22,17 @@ use serde::{Deserialize, Serialize};
 
 /// Bound of the bodies the port reads for itself: error answers, register and lookup answers.
 const SMALL_BODY: usize = 64 * 1024;
+/// Largest device-tag listing read (tags are small; a device has a handful).
+const TAGS_BODY: usize = 1024 * 1024;
+
+/// A device tag as the API lists it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeviceTag {
+    pub id: u64,
+    pub tag_key: String,
+    #[serde(default)]
+    pub value: String,
+}
 /// Bytes of an error answer kept in `CloudError::Status`.
 const SNIPPET_LEN: usize = 200;
 /// The helios proxy routes requests whose User-Agent starts with this to the legacy supervisor
@@ -435,6 +446,32 @@ impl Cloud {
             .await?;
         let found: Found = parse_json(&answer.body)?;
         Ok(found.d.into_iter().map(|d| d.id).collect())
+    }
+
+    /// The device's tags (spec/device-api.md, GET /v2/device/tags):
+    /// GET {endpoint}/v7/device_tag?$select=id,tag_key,value&$filter=device eq <device id>
+    /// with the device key; `{"d": [{"id", "tag_key", "value"}]}`.
+    pub async fn get_tags(&self, device_id: u64, key: &str) -> Result<Vec<DeviceTag>, CloudError> {
+        #[derive(Deserialize)]
+        struct Found {
+            d: Vec<DeviceTag>,
+        }
+        let filter = format!("device eq {device_id}");
+        let url = format!(
+            "{}/v7/device_tag?$select=id,tag_key,value&$filter={}",
+            self.base,
+            encode(&filter)
+        );
+        let req = self
+            .client
+            .get(url)
+            .insert_header((header::AUTHORIZATION, bearer(key)?))
+            .insert_header((header::ACCEPT, "application/json"));
+        let answer = self
+            .call("get tags", req, None, TAGS_BODY, &[key], false)
+            .await?;
+        let found: Found = parse_json(&answer.body)?;
+        Ok(found.d)
     }
 
     /// Key exchange, key step (spec/registration.md §5.3):

@@ -39,6 +39,9 @@ pub struct Locks {
     /// (an OS update and a host-config change may overlap): `release` and `release_all` (the
     /// end of an apply) leave them until the last [`Locks::unkeep`].
     kept: Mutex<BTreeMap<String, u32>>,
+    /// Apps whose locks an apply or a device API action took ([`Locks::take`]) and has not
+    /// released: a host operation's last `unkeep` leaves those.
+    taken: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Locks {
@@ -48,6 +51,7 @@ impl Locks {
             root: runtime_dir.join("update-locks"),
             held: Mutex::default(),
             kept: Mutex::default(),
+            taken: Mutex::default(),
         }
     }
 
@@ -92,9 +96,19 @@ impl Locks {
             .unwrap_or_default()
     }
 
-    /// Takes the app's locks (idempotent while held). A user lock fails with `Locked` unless
-    /// `force`, which deletes it first.
+    /// Takes the app's locks for an apply or an action, until [`Locks::release`] (idempotent
+    /// while held). A user lock fails with `Locked` unless `force`, which deletes it first.
     pub fn take(&self, app: &str, force: bool) -> Result<(), LockError> {
+        self.acquire(app, force)?;
+        self.taken
+            .lock()
+            .expect("taken set is not poisoned")
+            .insert(app.to_string());
+        Ok(())
+    }
+
+    /// Creates and flocks the app's lock files unless held already.
+    fn acquire(&self, app: &str, force: bool) -> Result<(), LockError> {
         let mut held = self.held.lock().expect("lock table is not poisoned");
         if held.get(app).is_some_and(|v| v.len() == LOCK_FILES.len()) {
             return Ok(());
@@ -149,7 +163,7 @@ impl Locks {
     /// Takes the app's locks (as [`Locks::take`]) and keeps them through other holders'
     /// releases until the matching [`Locks::unkeep`] (host operations run beside applies).
     pub fn keep(&self, app: &str, force: bool) -> Result<(), LockError> {
-        self.take(app, force)?;
+        self.acquire(app, force)?;
         *self
             .kept
             .lock()
@@ -159,7 +173,8 @@ impl Locks {
         Ok(())
     }
 
-    /// Ends one [`Locks::keep`]; the last one releases the app's locks.
+    /// Ends one [`Locks::keep`]; the last one releases the app's locks unless an apply still
+    /// holds them.
     pub fn unkeep(&self, app: &str) {
         {
             let mut kept = self.kept.lock().expect("kept set is not poisoned");
@@ -173,18 +188,31 @@ impl Locks {
                 }
             }
         }
-        self.release(app);
+        self.drop_unused(app);
     }
 
-    /// Releases (deletes) the app's locks, and any lock files of ours left by a crash; kept
-    /// locks stay.
+    /// Ends a [`Locks::take`]: deletes the app's locks, and any lock files of ours left by a
+    /// crash, unless a host operation keeps them.
     pub fn release(&self, app: &str) {
-        if self
+        self.taken
+            .lock()
+            .expect("taken set is not poisoned")
+            .remove(app);
+        self.drop_unused(app);
+    }
+
+    fn drop_unused(&self, app: &str) {
+        let kept = self
             .kept
             .lock()
             .expect("kept set is not poisoned")
-            .contains_key(app)
-        {
+            .contains_key(app);
+        let taken = self
+            .taken
+            .lock()
+            .expect("taken set is not poisoned")
+            .contains(app);
+        if kept || taken {
             return;
         }
         let mut held = self.held.lock().expect("lock table is not poisoned");
@@ -233,6 +261,14 @@ mod tests {
         locks.unkeep("app");
         assert!(!file.exists(), "the last unkeep releases");
         assert!(locks.held("app").is_empty());
+
+        // An apply holding the locks keeps them through a host operation's keep and unkeep.
+        locks.take("app", false).unwrap();
+        locks.keep("app", false).unwrap();
+        locks.unkeep("app");
+        assert!(file.exists(), "the apply still holds them");
+        locks.release("app");
+        assert!(!file.exists());
     }
 
     #[test]

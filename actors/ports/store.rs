@@ -19,12 +19,16 @@
 //!
 //! sled may also panic on a damaged store. Unwinding builds catch that here; release builds
 //! abort (ARCHITECTURE.md "Footprint"), so the open runs under an unfinished-work marker,
-//! `<dir>.opening` (ports/unfinished.rs): when [`REPEATED`] earlier starts died while opening,
-//! the store is moved aside instead of crashing a third time.
+//! `<dir>/helios-opening` (ports/unfinished.rs; inside the store dir, the one place a
+//! hardened service may write): when [`REPEATED`] earlier starts died while opening, the store
+//! is moved aside instead of crashing a third time.
 
 use std::io;
 
 use super::unfinished::{Unfinished, REPEATED};
+
+/// The open's unfinished-work marker, inside the store dir (sled ignores other files).
+const OPENING_MARKER: &str = "helios-opening";
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -367,27 +371,29 @@ fn open_with(
     cache_capacity: u64,
     opts: &OpenOptions,
 ) -> Result<(Store, Opened), StoreError> {
-    let mut marker = dir.as_os_str().to_owned();
-    marker.push(".opening");
-    match Unfinished::begin(Path::new(&marker), "open") {
-        Ok((_marker, died)) => open_checked(dir, cache_capacity, opts, died),
+    let existed = dir.symlink_metadata().is_ok();
+    let marker = std::fs::create_dir_all(dir)
+        .and_then(|()| Unfinished::begin(&dir.join(OPENING_MARKER), "open"));
+    match marker {
+        Ok((_marker, died)) => open_checked(dir, cache_capacity, opts, died, existed),
         Err(e) => {
             warn!(path:% = dir.display(), error:% = e, decision = "continue",
                 reason = "cannot write the open marker: a store that crashes helios at open is not detected";
                 "Store open unguarded");
-            open_checked(dir, cache_capacity, opts, 0)
+            open_checked(dir, cache_capacity, opts, 0, existed)
         }
     }
 }
 
-/// `died`: how many earlier starts died while opening this store.
+/// `died`: how many earlier starts died while opening this store; `existed`: the store dir
+/// was there before the marker was written.
 fn open_checked(
     dir: &Path,
     cache_capacity: u64,
     opts: &OpenOptions,
     died: u32,
+    existed: bool,
 ) -> Result<(Store, Opened), StoreError> {
-    let existed = dir.symlink_metadata().is_ok();
     let had_files =
         dir.join("conf").exists() || dir.join("db").metadata().is_ok_and(|m| m.len() > 0);
     let preserved = if had_files {
@@ -1184,7 +1190,7 @@ mod tests {
     #[test]
     fn a_store_that_killed_two_starts_is_moved_aside() {
         let (_tmp, dir) = populated_store();
-        let marker = PathBuf::from(format!("{}.opening", dir.display()));
+        let marker = dir.join(OPENING_MARKER);
         std::fs::write(&marker, "1 open\n").unwrap();
         let (store, opened) = Store::open(&dir, CACHE).unwrap();
         assert!(matches!(opened, Opened::Existing { .. }), "{opened:?}");

@@ -17,6 +17,7 @@ pub const REPEATED: u32 = 2;
 #[derive(Debug)]
 pub struct Unfinished {
     path: Option<PathBuf>,
+    key: String,
 }
 
 impl Unfinished {
@@ -30,6 +31,7 @@ impl Unfinished {
         Ok((
             Unfinished {
                 path: Some(path.to_owned()),
+                key: key.to_owned(),
             },
             died,
         ))
@@ -43,9 +45,13 @@ impl Unfinished {
 }
 
 impl Drop for Unfinished {
+    /// Removes the marker if it is still this step's (a later step for another key may have
+    /// replaced it meanwhile: that one stays).
     fn drop(&mut self) {
         if let Some(p) = self.path.take() {
-            let _ = std::fs::remove_file(p);
+            if earlier(&p, &self.key) > 0 {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
@@ -78,9 +84,12 @@ mod tests {
         assert_eq!(died, 1);
         m.keep();
         assert_eq!(earlier(&p, "a"), 2);
-        // Another key starts from zero.
+        // Another key starts from zero; the step it replaced ending leaves it alone.
+        let (old, _) = Unfinished::begin(&p, "a").unwrap();
         let (m, died) = Unfinished::begin(&p, "b").unwrap();
         assert_eq!(died, 0);
+        drop(old);
+        assert_eq!(earlier(&p, "b"), 1, "another key's marker stays");
         drop(m);
         assert!(!p.exists());
         assert_eq!(earlier(&p, "b"), 0);

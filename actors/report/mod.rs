@@ -5,7 +5,8 @@
 //! Device tags written locally go to `PATCH /device/v3/tags` (tags.rs, spec §9).
 //! Owns: the last successful report (also in the store, so a restart does not resend it), the
 //! tag push schedule.
-//! Handles: current-state and remote-info changes (watch streams), a metrics timer, TagsQueued.
+//! Handles: current-state and remote-info changes (watch streams), a metrics timer, TagsQueued,
+//! GetTags (reads the device's tags from the cloud for `GET /v2/device/tags`).
 //! Sends: nothing to other actors.
 //! Restart: reloads the last report from the store; idle when the device is unmanaged.
 pub mod body;
@@ -78,6 +79,8 @@ pub struct ReportActor {
     timer: Option<SpawnHandle>,
     failures: u32,
     tags: TagPush,
+    /// The numeric device id, once looked up (reading tags needs it).
+    device_id: Option<u64>,
 }
 
 impl ReportActor {
@@ -94,6 +97,7 @@ impl ReportActor {
             timer: None,
             failures: 0,
             tags: TagPush::default(),
+            device_id: None,
         }
     }
 
@@ -359,6 +363,55 @@ impl StreamHandler<Option<crate::Secret>> for ReportActor {
     }
 
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+/// Sent by the API for `GET /v2/device/tags`: the device's tags as the cloud lists them.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "Result<Vec<crate::ports::cloud::DeviceTag>, String>")]
+pub struct GetTags;
+
+impl actix::Handler<GetTags> for ReportActor {
+    type Result =
+        actix::ResponseActFuture<Self, Result<Vec<crate::ports::cloud::DeviceTag>, String>>;
+
+    /// Looks the numeric device id up once (`GET /v7/device`), then lists the tags.
+    fn handle(&mut self, _: GetTags, _ctx: &mut Context<Self>) -> Self::Result {
+        let (Some(cloud), Some(remote)) = (self.cloud.clone(), self.deps.remote.clone()) else {
+            return Box::pin(actix::fut::ready(Err("no cloud connection".to_string())));
+        };
+        let Some(key) = self.deps.remote_bus.get().api_key else {
+            return Box::pin(actix::fut::ready(Err(
+                "the device is not registered yet".to_string()
+            )));
+        };
+        let known = self.device_id;
+        let fut = async move {
+            let id = match known {
+                Some(id) => id,
+                None => match cloud.find_device(&remote.uuid, key.expose()).await {
+                    Ok(ids) if ids.len() == 1 => ids[0],
+                    Ok(_) => return Err(format!("the cloud does not list device {}", remote.uuid)),
+                    Err(e) => return Err(ErrorChain(&e).to_string()),
+                },
+            };
+            let tags = cloud
+                .get_tags(id, key.expose())
+                .await
+                .map_err(|e| ErrorChain(&e).to_string())?;
+            Ok((id, tags))
+        };
+        Box::pin(fut.into_actor(self).map(|res, act, _| match res {
+            Ok((id, tags)) => {
+                act.device_id = Some(id);
+                Ok(tags)
+            }
+            Err(e) => {
+                warn!(actor = "report", error:% = e, decision = "fail", reason = "GET /v2/device/tags";
+                    "Device tags not read from the cloud");
+                Err(e)
+            }
+        }))
+    }
 }
 
 impl actix::Handler<TagsQueued> for ReportActor {

@@ -34,7 +34,7 @@ use crate::model::{EngineInfo, UpdateStatus};
 use crate::ports::engine::{Engine, EngineError, EngineSettings};
 use crate::ports::locks::Locks;
 use crate::ports::store::{Durability, Store};
-use crate::ports::unfinished::{Unfinished, REPEATED};
+use crate::ports::unfinished::{self, Unfinished, REPEATED};
 use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
 
@@ -153,8 +153,9 @@ struct Run {
     cause: Cause,
     req: Arc<TargetRequest>,
     attempt: u32,
-    /// The planning marker, when this target has not been planned by this process yet.
-    guard: Option<Unfinished>,
+    /// Where and under which key to mark the planning, when this process has not planned
+    /// this target yet.
+    guard: Option<(std::path::PathBuf, String)>,
 }
 
 /// FNV-1a of the target's JSON text (serde_json maps are sorted): the same target gives the
@@ -372,21 +373,14 @@ impl SeekActor {
             None
         } else {
             let path = self.deps.runtime_dir.join(PLANNING_MARKER);
-            match Unfinished::begin(&path, &format!("{digest:016x}")) {
-                Ok((m, died)) if died >= REPEATED && !req.force => {
-                    m.keep();
-                    let reason =
-                        format!("{died} earlier processes died while planning this target");
-                    self.finished(Outcome::Crashed(reason), ctx);
-                    return;
-                }
-                Ok((m, _)) => Some(m),
-                Err(e) => {
-                    debug!(path:% = path.display(), error:% = e, decision = "continue",
-                        reason = "cannot write the planning marker"; "Planning unguarded");
-                    None
-                }
+            let key = format!("{digest:016x}");
+            let died = unfinished::earlier(&path, &key);
+            if died >= REPEATED && !req.force {
+                let reason = format!("{died} earlier processes died while planning this target");
+                self.finished(Outcome::Crashed(reason), ctx);
+                return;
             }
+            Some((path, key))
         };
         let run = Run {
             cause,
@@ -636,8 +630,9 @@ async fn apply(
     let (current, images) = match read_and_publish(&engine, &deps, Some(&target)).await {
         Ok(d) => d,
         Err(e) => {
+            // Not counted in /metrics: nothing was planned (drift checks fail here too).
             let reason = format!("reading the engine: {}", ErrorChain(&e));
-            return (counted(Outcome::transient(reason), started), false);
+            return (Outcome::transient(reason), false);
         }
     };
     // The planner's target adds the images and the kept volumes; readers see the target itself.
@@ -673,15 +668,26 @@ async fn apply(
             return (counted(Outcome::permanent(reason), started), false);
         }
     };
+    // The marker spans the planning itself: written right before it, dropped inside the
+    // blocking task when it ends (also when this apply was interrupted meanwhile, or a panic
+    // unwound through it). An abort leaves it for the next start.
+    let marker = guard.and_then(|(path, key)| match Unfinished::begin(&path, &key) {
+        Ok((m, _)) => Some(m),
+        Err(e) => {
+            warn!(path:% = path.display(), error:% = e, decision = "continue",
+                reason = "cannot write the planning marker: a target whose planning crashes helios is not detected";
+                "Planning unguarded");
+            None
+        }
+    });
     let plan_started = Instant::now();
     // Planning is CPU work that grows with the device: keep it off the actors' thread.
     let planned = tokio::task::spawn_blocking(move || {
         let wf = worker.find_workflow(&prepared);
+        drop(marker);
         (worker, wf)
     })
     .await;
-    // This process lived through planning: the marker goes (a panic that unwound included).
-    drop(guard);
     let (worker, found) = match planned {
         Ok(p) => p,
         Err(e) => {

@@ -48,8 +48,8 @@ pub struct ApiState {
     pub host_config: actix::Recipient<helios_actors::host::GetHostConfig>,
     pub host_config_patch: actix::Recipient<helios_actors::host::PatchHostConfig>,
     pub seek_cleanup: actix::Recipient<helios_actors::seek::CleanupVolumes>,
-    /// Present when managed: pending device tags are pushed to the cloud.
-    pub report_tags: Option<actix::Recipient<helios_actors::report::TagsQueued>>,
+    /// Present when managed: pending device tags are pushed to the cloud, and read from it.
+    pub report: Option<actix::Addr<helios_actors::report::ReportActor>>,
     /// Present when managed: `/v1/update` polls first.
     pub poll: Option<actix::Recipient<helios_actors::poll::TriggerPoll>>,
     pub remote: helios_actors::bus::RemoteBus,

@@ -82,13 +82,15 @@ impl ApplyClock {
 }
 
 /// Work that may rightly take longer than [`STUCK_AFTER`]: an image pull, or a host OS update
-/// (installing or waiting to retry one).
+/// (installing or waiting to retry one) once the apps are on target (an app apply that hangs
+/// beside it is still stuck).
 pub fn in_progress(cur: &CurrentState) -> bool {
     cur.model.images.values().any(|i| i.download_progress < 100)
-        || cur
-            .host
-            .as_ref()
-            .is_some_and(|h| h.phase == HostPhase::Working)
+        || (cur.status != UpdateStatus::ApplyingChanges
+            && cur
+                .host
+                .as_ref()
+                .is_some_and(|h| h.phase == HostPhase::Working))
 }
 
 /// Why the device is unhealthy, if it is; `progressing`: see [`in_progress`].
@@ -391,6 +393,9 @@ mod tests {
         };
         cur.host = Some(host(HostPhase::Working));
         assert!(in_progress(&cur), "a host OS update");
+        cur.status = UpdateStatus::ApplyingChanges;
+        assert!(!in_progress(&cur), "an app apply beside it is not excused");
+        cur.status = UpdateStatus::Done;
         cur.host = Some(host(HostPhase::Aborted));
         assert!(!in_progress(&cur));
     }

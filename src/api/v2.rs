@@ -458,16 +458,25 @@ async fn device_name(state: web::Data<ApiState>, _caller: Caller) -> HttpRespons
     HttpResponse::Ok().json(json!({"status": "success", "deviceName": name}))
 }
 
-/// `GET /v2/device/tags` → 500: helios does not read tags from the cloud (yet).
+/// `GET /v2/device/tags` → the device's tags as the cloud has them (ReportActor asks it);
+/// 500 when unmanaged, offline or the answer is unusable.
 async fn get_tags(state: web::Data<ApiState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
-    Err(failed(
-        500,
-        if state.managed {
-            "Device tags cannot be read: helios does not fetch tags from the cloud"
-        } else {
-            "Device tags cannot be read: the device is not managed by a cloud"
-        },
-    ))
+    let Some(report) = &state.report else {
+        return Err(failed(
+            500,
+            "Device tags cannot be read: the device is not managed by a cloud",
+        ));
+    };
+    let tags = match report.send(helios_actors::report::GetTags).await {
+        Ok(Ok(tags)) => tags,
+        Ok(Err(e)) => return Err(failed(500, format!("Device tags cannot be read: {e}"))),
+        Err(e) => return Err(failed(500, format!("Device tags cannot be read: {e}"))),
+    };
+    let tags: Vec<Value> = tags
+        .into_iter()
+        .map(|t| json!({"id": t.id, "name": t.tag_key, "value": t.value}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"status": "success", "tags": tags})))
 }
 
 const TAGS_SHAPE: &str = "Invalid tags body, must be an object like {[tagKey: string]: string}";
@@ -505,7 +514,7 @@ async fn patch_tags(
     match stored {
         Ok(()) => {
             info!(tags = count, decision = "queue", reason = "PATCH /v2/device/tags"; "Device tags stored");
-            if let Some(r) = &state.report_tags {
+            if let Some(r) = &state.report {
                 r.do_send(helios_actors::report::TagsQueued);
             }
             Ok(HttpResponse::Accepted().json(json!({"status": "success"})))

@@ -1,6 +1,7 @@
 //! Device tags written with `PATCH /v2/device/tags` reach the fake cloud as
 //! `PATCH /device/v3/tags` (spec/state-report-v3.md §9): only changed values, batched, retried
-//! after a failure, and still sent after a restart.
+//! after a failure, and still sent after a restart; `GET /v2/device/tags` reads them back from
+//! the cloud.
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -15,7 +16,7 @@ fn sent(cloud: &FakeCloud) -> Vec<Value> {
     cloud
         .requests()
         .into_iter()
-        .filter(|r| r.route == Route::Tags && r.answered == Some(200))
+        .filter(|r| r.route == Route::Tags && r.method == "PATCH" && r.answered == Some(200))
         .filter_map(|r| r.json())
         .collect()
 }
@@ -97,6 +98,40 @@ fn local_tags_are_pushed_once_changed_and_survive_failures_and_restarts() {
     let fourth = eventually(Duration::from_secs(30), || sent(&cloud).get(3).cloned())
         .expect("pending tag sent after the restart");
     assert_eq!(fourth, json!({UUID: {"room": "attic"}}));
+
+    // Read back from the cloud (GET /v7/device_tag with the looked-up device id), ids included.
+    let r = agent.get(&format!("/v2/device/tags?apikey={KEY}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["status"], "success", "{body}");
+    let mut tags: Vec<(String, String)> = body["tags"]
+        .as_array()
+        .expect("a tags list")
+        .iter()
+        .map(|t| {
+            assert!(t["id"].as_u64().is_some_and(|i| i > 0), "{t}");
+            (
+                t["name"].as_str().unwrap().into(),
+                t["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    tags.sort();
+    let want = [("desk", "7"), ("floor", "3"), ("room", "attic")]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+    assert_eq!(tags, want);
+    // The cloud failing: 500 with the reason, as the legacy supervisor answers.
+    cloud.inject(
+        Route::Tags,
+        1,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let r = agent.get(&format!("/v2/device/tags?apikey={KEY}"));
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.json()["status"], "failed");
     assert!(
         !agent.logs().iter().any(|l| l.contains(KEY)),
         "no key in the log"

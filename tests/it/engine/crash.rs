@@ -484,7 +484,7 @@ async fn a_target_whose_planning_killed_helios_twice_is_given_up() {
     assert!(running("main_p1").await, "what runs is left alone");
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap(),
-        format!("3 {digest}\n"),
+        format!("2 {digest}\n"),
         "the refusal keeps the marker for later starts"
     );
 

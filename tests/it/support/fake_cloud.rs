@@ -26,7 +26,7 @@ pub enum Route {
     Target,
     /// `PATCH /device/v3/state`
     Report,
-    /// `PATCH /device/v3/tags`
+    /// `PATCH /device/v3/tags` and `GET /v7/device_tag?...`
     Tags,
     /// Anything else (answered 404).
     Other,
@@ -121,6 +121,8 @@ struct State {
     target_gets: usize,
     next_id: u64,
     next_key: u64,
+    /// Device tags as the API keeps them: (tag id, device id, key, value).
+    tags: Vec<(u64, u64, String, String)>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -337,6 +339,7 @@ fn route_of(method: &str, path: &str) -> Route {
         ("GET", ["device", "v3", _, "state"]) => Route::Target,
         ("PATCH", ["device", "v3", "state"]) => Route::Report,
         ("PATCH", ["device", "v3", "tags"]) => Route::Tags,
+        ("GET", ["v7", "device_tag"]) => Route::Tags,
         _ => Route::Other,
     }
 }
@@ -481,6 +484,7 @@ fn answer(s: &mut State, route: Route, req: &HttpRequest, body: &[u8]) -> HttpRe
             get_target(s, key.as_deref(), &uuid, req)
         }
         Route::Report => patch_state(s, key.as_deref(), body),
+        Route::Tags if req.method() == "GET" => list_tags(s, key.as_deref(), req),
         Route::Tags => patch_tags(s, key.as_deref(), body),
         Route::Any | Route::Other => text(S::NOT_FOUND, "Not Found"),
     }
@@ -684,12 +688,49 @@ fn patch_tags(s: &mut State, key: Option<&str>, body: &[u8]) -> HttpResponse {
     let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {
         return text(S::BAD_REQUEST, "invalid JSON");
     };
-    match top.get(&s.devices[i].uuid) {
+    let device = s.devices[i].id;
+    let tags = match top.get(&s.devices[i].uuid) {
         Some(Value::Object(tags)) if !tags.is_empty() && tags.values().all(Value::is_string) => {
-            HttpResponse::Ok().finish()
+            tags.clone()
         }
-        _ => text(S::BAD_REQUEST, "No tags were sent to be updated."),
+        _ => return text(S::BAD_REQUEST, "No tags were sent to be updated."),
+    };
+    for (k, v) in tags {
+        let v = v.as_str().unwrap_or_default().to_string();
+        match s.tags.iter_mut().find(|t| t.1 == device && t.2 == k) {
+            Some(t) => t.3 = v,
+            None => {
+                s.next_id += 1;
+                let id = 1000 + s.next_id;
+                s.tags.push((id, device, k, v));
+            }
+        }
     }
+    HttpResponse::Ok().finish()
+}
+
+/// `GET /v7/device_tag?$select=id,tag_key,value&$filter=device eq <id>` (device-api.md,
+/// GET /v2/device/tags): a device key sees its own device's tags only.
+fn list_tags(s: &State, key: Option<&str>, req: &HttpRequest) -> HttpResponse {
+    use actix_web::http::StatusCode as S;
+    let Some(Who::Device(i)) = who(s, key) else {
+        return text(S::UNAUTHORIZED, "Unauthorized");
+    };
+    let query = parse_query(req.query_string());
+    let Some(device) = query
+        .get("$filter")
+        .and_then(|f| f.strip_prefix("device eq "))
+        .and_then(|id| id.parse::<u64>().ok())
+    else {
+        return text(S::BAD_REQUEST, "unsupported $filter");
+    };
+    let d: Vec<Value> = s
+        .tags
+        .iter()
+        .filter(|t| t.1 == device && device == s.devices[i].id)
+        .map(|(id, _, k, v)| json!({"id": id, "tag_key": k, "value": v}))
+        .collect();
+    HttpResponse::Ok().json(json!({ "d": d }))
 }
 
 fn patch_state(s: &mut State, key: Option<&str>, body: &[u8]) -> HttpResponse {
