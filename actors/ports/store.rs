@@ -672,16 +672,49 @@ fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
         }
         let to = dir.with_file_name(candidate);
         if to.symlink_metadata().is_err() {
-            return std::fs::rename(dir, &to)
-                .map(|()| to.clone())
-                .map_err(|source| StoreError::MoveAside {
+            return match std::fs::rename(dir, &to) {
+                Ok(()) => Ok(to),
+                // A mount point (a systemd StateDirectory, a volume) or a read-only parent:
+                // the directory stays, its contents move into it.
+                Err(e) => move_contents_aside(dir, secs).map_err(|_| StoreError::MoveAside {
                     from: dir.to_owned(),
                     to,
-                    source,
-                });
+                    source: e,
+                }),
+            };
         }
         n += 1;
     }
+}
+
+/// Prefix of the copies `move_contents_aside` keeps inside the store dir.
+const INNER_ASIDE: &str = "corrupt-";
+
+/// Moves every entry of `dir` (but earlier such copies) into `dir/corrupt-<secs>[-n]`.
+fn move_contents_aside(dir: &Path, secs: u64) -> io::Result<PathBuf> {
+    let mut n = 0u32;
+    let to = loop {
+        let suffix = if n > 0 {
+            format!("-{n}")
+        } else {
+            String::new()
+        };
+        let to = dir.join(format!("{INNER_ASIDE}{secs}{suffix}"));
+        if to.symlink_metadata().is_err() {
+            break to;
+        }
+        n += 1;
+    };
+    std::fs::create_dir(&to)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(INNER_ASIDE) {
+            continue;
+        }
+        std::fs::rename(entry.path(), to.join(&name))?;
+    }
+    Ok(to)
 }
 
 /// The store's files as found before sled opened them (sled rewrites a log it cannot read).
@@ -731,6 +764,11 @@ impl Preserved {
 fn list_files(dir: &Path, rel: &Path, out: &mut Vec<(PathBuf, PathBuf)>) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
+        if rel.as_os_str().is_empty()
+            && entry.file_name().to_string_lossy().starts_with(INNER_ASIDE)
+        {
+            continue; // copies moved aside earlier are not part of the store
+        }
         let ty = entry.file_type()?;
         if ty.is_dir() {
             list_files(&entry.path(), &rel.join(entry.file_name()), out)?;
@@ -1203,6 +1241,32 @@ mod tests {
         let (_, reason) = assert_recovered(&dir, opened, &store);
         assert!(reason.contains("2 earlier starts died"), "{reason}");
         assert!(!marker.exists());
+    }
+
+    /// A store dir that cannot be renamed (a mount point) keeps its place; its contents move
+    /// into a `corrupt-<secs>` subdirectory, earlier copies stay where they are, and a store
+    /// opened there afterwards does not count them as its files.
+    #[test]
+    fn contents_move_aside_when_the_dir_cannot() {
+        let (_tmp, dir) = populated_store();
+        assert!(wait_unlocked(&dir, Duration::from_secs(5)));
+        let first = move_contents_aside(&dir, 7).unwrap();
+        assert!(first.join("db").exists() && first.join("conf").exists());
+        assert!(!dir.join("db").exists());
+        std::fs::write(dir.join("db"), b"garbage").unwrap();
+        let second = move_contents_aside(&dir, 7).unwrap();
+        assert_eq!(second, dir.join("corrupt-7-1"));
+        assert_eq!(std::fs::read(second.join("db")).unwrap(), b"garbage");
+        assert!(
+            first.join("db").exists(),
+            "the first copy was not moved again"
+        );
+        let mut files = vec![];
+        list_files(&dir, Path::new(""), &mut files).unwrap();
+        assert!(files.is_empty(), "{files:?}");
+        let (store, opened) = Store::open(&dir, CACHE).unwrap();
+        assert!(matches!(opened, Opened::Fresh), "{opened:?}");
+        assert!(store.get_target().unwrap().is_none());
     }
 
     #[test]

@@ -536,6 +536,17 @@ async fn a_full_state_disk_refuses_targets_clearly_and_recovers() {
 /// again nor crash-loops; a new target is then applied as usual.
 #[tokio::test]
 async fn a_corrupt_store_is_rebuilt_from_the_engine_without_touching_the_apps() {
+    corrupt_store_is_rebuilt(false).await;
+}
+
+/// The same with the store dir a mount point (a systemd `StateDirectory`, a container volume),
+/// which cannot be renamed: its contents move into `corrupt-<secs>` inside it instead.
+#[tokio::test]
+async fn a_corrupt_store_on_a_mount_point_is_rebuilt_in_place() {
+    corrupt_store_is_rebuilt(true).await;
+}
+
+async fn corrupt_store_is_rebuilt(on_mount_point: bool) {
     let Some(infra) = infra("engine::faults") else {
         return;
     };
@@ -548,6 +559,7 @@ async fn a_corrupt_store_is_rebuilt_from_the_engine_without_touching_the_apps() 
             .arg("--local-retry-interval-ms")
             .arg("300")
     };
+    let _mount = on_mount_point.then(|| Tmpfs::mount(&opts().state_dir(), "64m"));
     let mut agent = Agent::start(opts());
     assert_eq!(post_local(&agent, &infra.image_a, "rel-1").status, 202);
     wait_converged(&agent, "rel-1");
@@ -608,12 +620,20 @@ async fn a_corrupt_store_is_rebuilt_from_the_engine_without_touching_the_apps() 
             .any(|l| l.contains("decision=move-aside")),
         "the rebuilt store is not moved again"
     );
-    let moved = std::fs::read_dir(opts().state_dir().parent().unwrap())
+    let (place, prefix) = match on_mount_point {
+        false => (opts().state_dir().parent().unwrap().to_owned(), ".corrupt-"),
+        true => (opts().state_dir(), "corrupt-"),
+    };
+    let moved: Vec<_> = std::fs::read_dir(&place)
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
-        .count();
-    assert_eq!(moved, 1, "exactly one moved-aside store");
+        .filter(|e| e.file_name().to_string_lossy().contains(prefix))
+        .collect();
+    assert_eq!(moved.len(), 1, "exactly one moved-aside store");
+    assert!(
+        moved[0].path().join("db").exists(),
+        "the damaged files are kept"
+    );
     assert_eq!(post_local(&agent, &infra.image_b, "rel-2").status, 202);
     wait_converged(&agent, "rel-2");
     drop(agent);
