@@ -422,55 +422,53 @@ impl Cloud {
     /// with that uuid: one when found, none when not.
     pub async fn find_device(&self, uuid: &str, key: &str) -> Result<Vec<u64>, CloudError> {
         #[derive(Deserialize)]
-        struct Found {
-            d: Vec<Id>,
-        }
-        #[derive(Deserialize)]
         struct Id {
             id: u64,
         }
         // OData string literal: a quote is escaped by doubling it.
         let filter = format!("uuid eq '{}'", uuid.replace('\'', "''"));
-        let url = format!(
-            "{}/v7/device?$select=id&$filter={}",
-            self.base,
-            encode(&filter)
-        );
-        let req = self
-            .client
-            .get(url)
-            .insert_header((header::AUTHORIZATION, bearer(key)?))
-            .insert_header((header::ACCEPT, "application/json"));
-        let answer = self
-            .call("find device", req, None, SMALL_BODY, &[key], false)
+        let found: Vec<Id> = self
+            .odata_list("find device", "device?$select=id", &filter, key, SMALL_BODY)
             .await?;
-        let found: Found = parse_json(&answer.body)?;
-        Ok(found.d.into_iter().map(|d| d.id).collect())
+        Ok(found.into_iter().map(|d| d.id).collect())
     }
 
     /// The device's tags (spec/device-api.md, GET /v2/device/tags):
     /// GET {endpoint}/v7/device_tag?$select=id,tag_key,value&$filter=device eq <device id>
     /// with the device key; `{"d": [{"id", "tag_key", "value"}]}`.
     pub async fn get_tags(&self, device_id: u64, key: &str) -> Result<Vec<DeviceTag>, CloudError> {
-        #[derive(Deserialize)]
-        struct Found {
-            d: Vec<DeviceTag>,
-        }
         let filter = format!("device eq {device_id}");
+        let select = "device_tag?$select=id,tag_key,value";
+        self.odata_list("get tags", select, &filter, key, TAGS_BODY)
+            .await
+    }
+
+    /// GET {endpoint}/v7/{resource_select}&$filter=<filter> with `key`: the `d` list of the
+    /// OData answer.
+    async fn odata_list<T: serde::de::DeserializeOwned>(
+        &self,
+        call: &'static str,
+        resource_select: &str,
+        filter: &str,
+        key: &str,
+        max_body: usize,
+    ) -> Result<Vec<T>, CloudError> {
+        #[derive(Deserialize)]
+        struct Found<T> {
+            d: Vec<T>,
+        }
         let url = format!(
-            "{}/v7/device_tag?$select=id,tag_key,value&$filter={}",
+            "{}/v7/{resource_select}&$filter={}",
             self.base,
-            encode(&filter)
+            encode(filter)
         );
         let req = self
             .client
             .get(url)
             .insert_header((header::AUTHORIZATION, bearer(key)?))
             .insert_header((header::ACCEPT, "application/json"));
-        let answer = self
-            .call("get tags", req, None, TAGS_BODY, &[key], false)
-            .await?;
-        let found: Found = parse_json(&answer.body)?;
+        let answer = self.call(call, req, None, max_body, &[key], false).await?;
+        let found: Found<T> = parse_json(&answer.body)?;
         Ok(found.d)
     }
 
