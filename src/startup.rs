@@ -34,6 +34,10 @@ use crate::api::{self, ApiState, ListenAddr};
 use crate::config::{self, Config, Layer, RemoteMode};
 use crate::exit::ExitCode;
 
+/// How often, and how far apart, an API address found in use is tried (10 s in all).
+const BIND_ATTEMPTS: u32 = 20;
+const BIND_RETRY: Duration = Duration::from_millis(500);
+
 /// Runs the agent until `shutdown` resolves or an actor escalates. `on_listen` is told the
 /// bound API addresses (tests use port 0).
 pub async fn run(
@@ -278,16 +282,27 @@ pub async fn run(
         }),
     };
     let _actors = (seek, poll, report, proxy, host);
-    let (server, bound) = match api::bind(
-        &config.listen,
-        api_state,
-        config.api_workers,
-        config.api_max_body_bytes,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error:% = ErrorChain(&e), decision = "exit"; "API cannot listen");
-            return ExitCode::Startup;
+    // A TCP port in the ephemeral range (48484 is) can be held for a moment by a client
+    // connection at boot: "in use" is retried for a while, anything else is final.
+    let mut attempt = 0u32;
+    let (server, bound) = loop {
+        attempt += 1;
+        match api::bind(
+            &config.listen,
+            api_state.clone(),
+            config.api_workers,
+            config.api_max_body_bytes,
+        ) {
+            Ok(s) => break s,
+            Err(e) if e.in_use() && attempt < BIND_ATTEMPTS => {
+                warn!(attempt, delay_ms = BIND_RETRY.as_millis() as u64, error:% = ErrorChain(&e),
+                    decision = "retry", reason = "address in use"; "API cannot listen yet");
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+            Err(e) => {
+                error!(attempt, error:% = ErrorChain(&e), decision = "exit"; "API cannot listen");
+                return ExitCode::Startup;
+            }
         }
     };
     if let Some(a) = bound.iter().find_map(|a| match a {

@@ -112,6 +112,15 @@ pub enum BindError {
     },
 }
 
+impl BindError {
+    /// The address is taken (maybe only for a moment): worth another try.
+    pub fn in_use(&self) -> bool {
+        match self {
+            BindError::Bind { source, .. } => source.kind() == std::io::ErrorKind::AddrInUse,
+        }
+    }
+}
+
 /// Binds a unix socket at `path`, mode 0660 before anyone can reach it: it is bound inside a
 /// fresh 0700 directory, made 0660, then renamed into place (binding in place and chmodding
 /// afterwards leaves a window where the umask decides who may connect). A stale socket (or

@@ -91,8 +91,8 @@ fn keeps_its_identity_until_the_config_file_is_deleted() {
 #[test]
 fn default_address_is_loopback_48484() {
     // 48484 lies in Linux's ephemeral port range: a test opening thousands of connections
-    // (tests/it/hostile_api.rs) can hold it for a moment as a client port. Such a start fails
-    // with "Address already in use" and is tried again; any other failure is final.
+    // (tests/it/hostile_api.rs) can hold it for a moment as a client port. helios retries
+    // such a bind for 10 s; a start that still fails is tried again, any other failure is final.
     for attempt in 1..=10 {
         let home = tempfile::tempdir().unwrap();
         let log = home.path().join("stderr.log");
@@ -103,7 +103,9 @@ fn default_address_is_loopback_48484() {
             .unwrap();
         let addr = "127.0.0.1:48484".parse().unwrap();
         let ok = eventually(Duration::from_secs(60), || {
-            if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Address already in use")) {
+            if std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("API cannot listen") && l.contains("decision=exit"))
+            {
                 return Some(None);
             }
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
@@ -126,6 +128,44 @@ fn default_address_is_loopback_48484() {
             _ => panic!("no answer on 127.0.0.1:48484 (exit: {exited:?}); log:\n{logs}"),
         }
     }
+}
+
+/// An API port held by someone else at start is retried (`decision=retry`) until it is free.
+#[test]
+fn a_busy_api_port_is_retried_until_it_is_free() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let log = home.path().join("stderr.log");
+    let mut child = crate::support::agent::helios_command(home.path())
+        .arg("--local-api-address")
+        .arg(addr.to_string())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let retried = eventually(Duration::from_secs(20), || {
+        read()
+            .lines()
+            .any(|l| l.contains("decision=retry") && l.contains("address in use"))
+            .then_some(())
+    });
+    assert!(retried.is_some(), "no retry logged:\n{}", read());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "helios waits for the port"
+    );
+    drop(holder);
+    let answer = eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .ok()
+            .map(|_| http(addr, "GET", "/ping", None))
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let r = answer.unwrap_or_else(|| panic!("no answer once the port was free:\n{}", read()));
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"));
 }
 
 #[test]
