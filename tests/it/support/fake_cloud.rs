@@ -5,14 +5,13 @@
 //! `#[tokio::test]` and actix tests can all use it. Every request is recorded; knobs add
 //! latency and faults (a status, 401, garbage, a huge body, a connection closed unanswered).
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
+
+use super::serve::{serve, ConnFd, Served};
 
 /// Which endpoints a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,56 +131,25 @@ pub struct FakeCloud {
     /// Base URL, e.g. `http://127.0.0.1:40123` (no trailing `/`).
     pub url: String,
     state: Shared,
-    server: ServerHandle,
-    thread: Option<JoinHandle<()>>,
+    _served: Served,
 }
-
-/// The socket of a connection, to close it unanswered (`Fault::Reset`).
-#[derive(Clone, Copy)]
-pub struct ConnFd(pub RawFd);
 
 impl FakeCloud {
     /// Starts the fake on 127.0.0.1:0 and returns once it accepts connections.
     pub fn start() -> FakeCloud {
         let state: Shared = Arc::default();
-        let (tx, rx) = std::sync::mpsc::channel();
         let shared = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("fake-cloud".into())
-            .spawn(move || {
-                actix_web::rt::System::new().block_on(async move {
-                    let server = HttpServer::new(move || {
-                        let state = shared.clone();
-                        App::new()
-                            .app_data(web::PayloadConfig::new(64 << 20))
-                            .default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                                handle(state.clone(), req, body)
-                            }))
-                    })
-                    .workers(2)
-                    .disable_signals()
-                    .shutdown_timeout(1)
-                    .on_connect(|conn, ext| {
-                        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                            ext.insert(ConnFd(tcp.as_raw_fd()));
-                        }
-                    })
-                    .bind(("127.0.0.1", 0))
-                    .expect("bind the fake cloud on 127.0.0.1:0");
-                    let addr = server.addrs()[0];
-                    let server = server.run();
-                    tx.send((addr, server.handle()))
-                        .expect("the starting test waits for the address");
-                    let _ = server.await;
-                })
-            })
-            .expect("spawn the fake cloud thread");
-        let (addr, server) = rx.recv().expect("the fake cloud started");
+        let served = serve("fake-cloud", move |cfg| {
+            let state = shared.clone();
+            cfg.app_data(web::PayloadConfig::new(64 << 20))
+                .default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                    handle(state.clone(), req, body)
+                }));
+        });
         FakeCloud {
-            url: format!("http://{addr}"),
+            url: served.url.clone(),
             state,
-            server,
-            thread: Some(thread),
+            _served: served,
         }
     }
 
@@ -317,16 +285,6 @@ impl FakeCloud {
     /// Requests to `GET /device/v3/{uuid}/state`, faulted ones included.
     pub fn target_gets(&self) -> usize {
         self.state().target_gets
-    }
-}
-
-impl Drop for FakeCloud {
-    fn drop(&mut self) {
-        // The stop command is sent by the call itself; the future only waits for completion.
-        drop(self.server.stop(false));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -4,17 +4,15 @@
 //! `GET /v2/state/status`, and has routes to exercise a proxy: an echo with a chosen status,
 //! a streamed upload that only counts, a streamed download of any size, a slow answer and a
 //! connection closed unanswered. actix-web on 127.0.0.1:0 in a thread with its own System.
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use serde_json::json;
 
-use super::fake_cloud::{reset, ConnFd};
+use super::fake_cloud::reset;
+use super::serve::{serve, Served};
 
 /// Bytes of a request body kept for assertions.
 const KEEP: usize = 64 << 10;
@@ -59,8 +57,7 @@ pub struct FakeLegacy {
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub url: String,
     state: Shared,
-    server: ServerHandle,
-    thread: Option<JoinHandle<()>>,
+    _served: Served,
 }
 
 /// A deterministic byte pattern for downloads: byte i is `i % 251`.
@@ -76,43 +73,17 @@ pub fn pattern_sum(n: u64) -> u64 {
 impl FakeLegacy {
     pub fn start() -> FakeLegacy {
         let state: Shared = Arc::default();
-        let (tx, rx) = std::sync::mpsc::channel();
         let shared = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("fake-legacy".into())
-            .spawn(move || {
-                actix_web::rt::System::new().block_on(async move {
-                    let server = HttpServer::new(move || {
-                        let state = shared.clone();
-                        App::new().default_service(web::to(
-                            move |req: HttpRequest, body: web::Payload| {
-                                handle(state.clone(), req, body)
-                            },
-                        ))
-                    })
-                    .workers(2)
-                    .disable_signals()
-                    .shutdown_timeout(1)
-                    .on_connect(|conn, ext| {
-                        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                            ext.insert(ConnFd(tcp.as_raw_fd()));
-                        }
-                    })
-                    .bind(("127.0.0.1", 0))
-                    .expect("bind the fake legacy supervisor");
-                    let addr = server.addrs()[0];
-                    let server = server.run();
-                    tx.send((addr, server.handle())).expect("the test waits");
-                    let _ = server.await;
-                })
-            })
-            .expect("spawn the fake legacy supervisor");
-        let (addr, server) = rx.recv().expect("the fake legacy supervisor started");
+        let served = serve("fake-legacy", move |cfg| {
+            let state = shared.clone();
+            cfg.default_service(web::to(move |req: HttpRequest, body: web::Payload| {
+                handle(state.clone(), req, body)
+            }));
+        });
         FakeLegacy {
-            url: format!("http://{addr}"),
+            url: served.url.clone(),
             state,
-            server,
-            thread: Some(thread),
+            _served: served,
         }
     }
 
@@ -135,16 +106,6 @@ impl FakeLegacy {
     /// The next `n` `POST /v1/update` get `status`.
     pub fn fail_updates(&self, n: usize, status: u16) {
         self.state().update_fail = Some((status, n));
-    }
-}
-
-impl Drop for FakeLegacy {
-    fn drop(&mut self) {
-        // The stop command is sent by the call itself; the future only waits for completion.
-        drop(self.server.stop(false));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

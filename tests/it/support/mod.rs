@@ -5,4 +5,5 @@ pub mod fake_host;
 pub mod fake_legacy;
 pub mod infra;
 pub mod relay;
+pub mod serve;
 pub mod tcp_relay;
