@@ -226,10 +226,16 @@ fn routes_every_caller_to_the_right_place() {
         );
     }
 
-    // helios answers /ping, /v3/* and /v1/update itself.
+    // helios answers /ping, /metrics, /v3/* and /v1/update itself.
     let before = legacy.received().len();
     let ping = request(agent.addr, "GET", "/ping", &[], None);
     assert_eq!((ping.status, ping.head.as_slice()), (200, &b"OK"[..]));
+    let metrics = request(agent.addr, "GET", "/metrics", &[], None);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        String::from_utf8_lossy(&metrics.head).contains("helios_build_info{"),
+        "helios's own metrics"
+    );
     let status = request(agent.addr, "GET", "/v3/status", &[], None);
     assert_eq!(status.status, 200);
     assert!(status.json()["status"].is_string());
