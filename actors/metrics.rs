@@ -17,6 +17,8 @@ pub enum ApplyResult {
     Failed,
     /// No sequence of steps reaches the target.
     NoPlan,
+    /// Cancelled by a newer target or a device API action.
+    Interrupted,
 }
 
 /// What a poll of the remote gave.
@@ -47,7 +49,7 @@ pub enum ReportKind {
 }
 
 pub struct Metrics {
-    applies: [AtomicU64; 3],
+    applies: [AtomicU64; 4],
     apply_buckets: [AtomicU64; APPLY_BUCKETS.len()],
     apply_ms_sum: AtomicU64,
     apply_ms_count: AtomicU64,
@@ -67,7 +69,7 @@ const ZERO: AtomicU64 = AtomicU64::new(0);
 impl Metrics {
     const fn new() -> Metrics {
         Metrics {
-            applies: [ZERO; 3],
+            applies: [ZERO; 4],
             apply_buckets: [ZERO; APPLY_BUCKETS.len()],
             apply_ms_sum: ZERO,
             apply_ms_count: ZERO,
@@ -130,6 +132,10 @@ impl Metrics {
                 ("done", load(&self.applies[ApplyResult::Done as usize])),
                 ("failed", load(&self.applies[ApplyResult::Failed as usize])),
                 ("no_plan", load(&self.applies[ApplyResult::NoPlan as usize])),
+                (
+                    "interrupted",
+                    load(&self.applies[ApplyResult::Interrupted as usize]),
+                ),
             ],
             apply_buckets: std::array::from_fn(|i| {
                 (APPLY_BUCKETS[i], load(&self.apply_buckets[i]))
@@ -161,7 +167,7 @@ impl Metrics {
 /// The counters at one moment, labelled for rendering.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    pub applies: [(&'static str, u64); 3],
+    pub applies: [(&'static str, u64); 4],
     /// Cumulative counts per upper bound (seconds).
     pub apply_buckets: [(f64, u64); APPLY_BUCKETS.len()],
     pub apply_seconds_sum: f64,
@@ -199,7 +205,15 @@ mod tests {
         m.poll(PollResult::Error);
         m.report(ReportKind::Tags, ReportResult::Failed);
         let s = m.snapshot();
-        assert_eq!(s.applies, [("done", 1), ("failed", 1), ("no_plan", 0)]);
+        assert_eq!(
+            s.applies,
+            [
+                ("done", 1),
+                ("failed", 1),
+                ("no_plan", 0),
+                ("interrupted", 0)
+            ]
+        );
         assert_eq!(s.apply_buckets[0], (1.0, 0));
         assert_eq!(s.apply_buckets[1], (2.5, 1));
         assert_eq!(s.apply_buckets[4], (30.0, 1));

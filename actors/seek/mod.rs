@@ -111,6 +111,8 @@ pub struct SeekActor {
     /// The given-up target the store records (digest, failed attempts): a restart does not
     /// try it again either.
     given_up_stored: Option<(u64, u32)>,
+    /// When the running apply started (an interrupted one is counted with its duration).
+    apply_started: Option<Instant>,
 }
 
 /// Why an apply started.
@@ -238,6 +240,7 @@ impl SeekActor {
             status: UpdateStatus::Done,
             planned: None,
             given_up_stored,
+            apply_started: None,
         }
     }
 
@@ -325,9 +328,7 @@ impl SeekActor {
             if req.cancel {
                 info!(seq = req.seq, source:% = req.source, decision = "interrupt",
                     reason = "newer target with cancel"; "Interrupting the running apply");
-                if let Some(h) = self.applying.take() {
-                    ctx.cancel_future(h);
-                }
+                self.interrupt_apply(ctx);
                 self.deps.locks.release_all();
                 self.set_status(UpdateStatus::Interrupted);
                 self.pending = None;
@@ -340,6 +341,18 @@ impl SeekActor {
         }
         self.attempt = 0;
         self.start_apply(req, Cause::Target, ctx);
+    }
+
+    /// Cancels the running apply, if any (counted in `/metrics`); returns whether one ran.
+    fn interrupt_apply(&mut self, ctx: &mut Context<Self>) -> bool {
+        let Some(h) = self.applying.take() else {
+            return false;
+        };
+        ctx.cancel_future(h);
+        if let Some(t) = self.apply_started.take() {
+            METRICS.apply(ApplyResult::Interrupted, t.elapsed());
+        }
+        true
     }
 
     fn start_apply(&mut self, req: Arc<TargetRequest>, cause: Cause, ctx: &mut Context<Self>) {
@@ -395,10 +408,12 @@ impl SeekActor {
             self.deps.clone(),
             target,
         );
+        self.apply_started = Some(Instant::now());
         let handle = ctx.spawn(
             fut.into_actor(self)
                 .map(move |(outcome, planned), act, ctx| {
                     act.applying = None;
+                    act.apply_started = None;
                     if planned {
                         act.planned = Some(digest);
                     }
@@ -863,8 +878,7 @@ impl Handler<RunAction> for SeekActor {
     /// Runs exclusively (the mailbox and streams wait): an apply in progress is interrupted
     /// first, and the target is sought again afterwards.
     fn handle(&mut self, msg: RunAction, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(h) = self.applying.take() {
-            ctx.cancel_future(h);
+        if self.interrupt_apply(ctx) {
             info!(app:% = msg.app_uuid, decision = "interrupt", reason = "device API action"; "Interrupting the running apply");
         }
         if let Some(h) = self.retry.take() {

@@ -62,7 +62,7 @@ pub fn render(m: &Snapshot, cur: &CurrentState, g: &Gauges) -> String {
     );
 
     head(&mut o, "helios_applies_total", "counter",
-        "Applies that ran a plan (or found none), by result; applies that found the device on target are not counted.");
+        "Applies that ran a plan (or found none), by result, interrupted ones included; applies that found the device on target or could not read the engine are not counted.");
     for (result, n) in m.applies {
         let _ = writeln!(o, "helios_applies_total{{result=\"{result}\"}} {n}");
     }
@@ -226,7 +226,12 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         Snapshot {
-            applies: [("done", 2), ("failed", 1), ("no_plan", 0)],
+            applies: [
+                ("done", 2),
+                ("failed", 1),
+                ("no_plan", 0),
+                ("interrupted", 0),
+            ],
             apply_buckets: std::array::from_fn(|i| {
                 (
                     helios_actors::metrics::APPLY_BUCKETS[i],

@@ -87,7 +87,8 @@ fn metrics_tell_the_same_story(agent: &Agent) {
     assert!(failed >= 3.0, "three failed attempts at least:\n{t}");
     let counted = get("helios_applies_total{result=\"done\"}")
         + failed
-        + get("helios_applies_total{result=\"no_plan\"}");
+        + get("helios_applies_total{result=\"no_plan\"}")
+        + get("helios_applies_total{result=\"interrupted\"}");
     assert_eq!(get("helios_apply_duration_seconds_count"), counted, "{t}");
     assert_eq!(
         get("helios_apply_duration_seconds_bucket{le=\"+Inf\"}"),

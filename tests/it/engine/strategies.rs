@@ -342,6 +342,13 @@ async fn a_newer_target_with_cancel_interrupts_a_running_apply() {
             Duration::from_secs(10),
         )
         .expect("the running apply is interrupted");
+    let metrics = agent.get("/metrics").body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "helios_applies_total{result=\"interrupted\"} 1"),
+        "the interrupted apply is counted:\n{metrics}"
+    );
     done(&agent);
     let dev = agent.get("/v3/device").json();
     let rels: Vec<&String> = dev["apps"][APP]["releases"]
