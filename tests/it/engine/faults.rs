@@ -267,6 +267,14 @@ fn big_app(image: &str, release: &str) -> String {
     app.to_string()
 }
 
+/// An unmanaged agent on the test engine that retries failed applies every 300 ms.
+fn local_opts(infra: &Infra, home: &std::path::Path) -> AgentOpts {
+    AgentOpts::new(home)
+        .env("DOCKER_HOST", infra.docker_host.clone())
+        .arg("--local-retry-interval-ms")
+        .arg("300")
+}
+
 fn post_local(agent: &Agent, image: &str, release: &str) -> crate::support::agent::Response {
     agent.post_json(
         &format!("/v3/device/apps/{APP}"),
@@ -381,10 +389,7 @@ async fn a_pull_cut_halfway_is_retried_and_never_reported_present() {
     let image = format!("{}/helios-test/busybox:2", relay.addr);
     let home = tempfile::tempdir().unwrap();
     let agent = Agent::start(
-        AgentOpts::new(home.path())
-            .env("DOCKER_HOST", infra.docker_host.clone())
-            .arg("--local-retry-interval-ms")
-            .arg("300")
+        local_opts(infra, home.path())
             .arg("--max-apply-attempts")
             .arg("1"),
     );
@@ -473,12 +478,7 @@ async fn a_full_state_disk_refuses_targets_clearly_and_recovers() {
     let d = docker(infra).await;
     empty_engine(&d).await;
     let home = tempfile::tempdir().unwrap();
-    let opts = || {
-        AgentOpts::new(home.path())
-            .env("DOCKER_HOST", infra.docker_host.clone())
-            .arg("--local-retry-interval-ms")
-            .arg("300")
-    };
+    let opts = || local_opts(infra, home.path());
     let disk = Tmpfs::mount(&opts().state_dir(), "16m");
     let agent = Agent::start(opts());
     assert_eq!(post_local(&agent, &infra.image_a, "rel-1").status, 202);
@@ -554,12 +554,7 @@ async fn corrupt_store_is_rebuilt(on_mount_point: bool) {
     let d = docker(infra).await;
     empty_engine(&d).await;
     let home = tempfile::tempdir().unwrap();
-    let opts = || {
-        AgentOpts::new(home.path())
-            .env("DOCKER_HOST", infra.docker_host.clone())
-            .arg("--local-retry-interval-ms")
-            .arg("300")
-    };
+    let opts = || local_opts(infra, home.path());
     let _mount = on_mount_point.then(|| Tmpfs::mount(&opts().state_dir(), "64m"));
     let mut agent = Agent::start(opts());
     assert_eq!(post_local(&agent, &infra.image_a, "rel-1").status, 202);
