@@ -48,6 +48,12 @@ pub enum ReportKind {
     Tags,
 }
 
+// Labels, indexed by each enum's discriminant (the counters' index too).
+const APPLY_LABELS: [&str; 4] = ["done", "failed", "no_plan", "interrupted"];
+const POLL_LABELS: [&str; 4] = ["new", "unchanged", "rejected", "error"];
+const REPORT_KINDS: [&str; 2] = ["state", "tags"];
+const REPORT_RESULTS: [&str; 2] = ["sent", "failed"];
+
 pub struct Metrics {
     applies: [AtomicU64; 4],
     apply_buckets: [AtomicU64; APPLY_BUCKETS.len()],
@@ -112,7 +118,8 @@ impl Metrics {
     }
 
     pub fn report(&self, kind: ReportKind, result: ReportResult) {
-        self.reports[kind as usize * 2 + result as usize].fetch_add(1, Ordering::Relaxed);
+        self.reports[kind as usize * REPORT_RESULTS.len() + result as usize]
+            .fetch_add(1, Ordering::Relaxed);
         if kind == ReportKind::State && result == ReportResult::Sent {
             self.last_report_ok.store(unix_now(), Ordering::Relaxed);
         }
@@ -128,36 +135,22 @@ impl Metrics {
             .clone();
         step_failures.sort();
         Snapshot {
-            applies: [
-                ("done", load(&self.applies[ApplyResult::Done as usize])),
-                ("failed", load(&self.applies[ApplyResult::Failed as usize])),
-                ("no_plan", load(&self.applies[ApplyResult::NoPlan as usize])),
-                (
-                    "interrupted",
-                    load(&self.applies[ApplyResult::Interrupted as usize]),
-                ),
-            ],
+            applies: std::array::from_fn(|i| (APPLY_LABELS[i], load(&self.applies[i]))),
             apply_buckets: std::array::from_fn(|i| {
                 (APPLY_BUCKETS[i], load(&self.apply_buckets[i]))
             }),
             apply_seconds_sum: load(&self.apply_ms_sum) as f64 / 1000.0,
             apply_count: load(&self.apply_ms_count),
             step_failures,
-            polls: [
-                ("new", load(&self.polls[PollResult::New as usize])),
+            polls: std::array::from_fn(|i| (POLL_LABELS[i], load(&self.polls[i]))),
+            reports: std::array::from_fn(|i| {
+                let (kind, result) = (i / REPORT_RESULTS.len(), i % REPORT_RESULTS.len());
                 (
-                    "unchanged",
-                    load(&self.polls[PollResult::Unchanged as usize]),
-                ),
-                ("rejected", load(&self.polls[PollResult::Rejected as usize])),
-                ("error", load(&self.polls[PollResult::Error as usize])),
-            ],
-            reports: [
-                ("state", "sent", load(&self.reports[0])),
-                ("state", "failed", load(&self.reports[1])),
-                ("tags", "sent", load(&self.reports[2])),
-                ("tags", "failed", load(&self.reports[3])),
-            ],
+                    REPORT_KINDS[kind],
+                    REPORT_RESULTS[result],
+                    load(&self.reports[i]),
+                )
+            }),
             last_poll_ok: load(&self.last_poll_ok),
             last_report_ok: load(&self.last_report_ok),
         }

@@ -16,7 +16,7 @@ pub const REPEATED: u32 = 2;
 /// panic unwinds through it) removes the marker; an abort or a kill leaves it.
 #[derive(Debug)]
 pub struct Unfinished {
-    path: Option<PathBuf>,
+    path: PathBuf,
     key: String,
 }
 
@@ -30,17 +30,11 @@ impl Unfinished {
         std::fs::rename(&tmp, path)?;
         Ok((
             Unfinished {
-                path: Some(path.to_owned()),
+                path: path.to_owned(),
                 key: key.to_owned(),
             },
             died,
         ))
-    }
-
-    /// Leaves the marker in place, as a death would (the step is being refused, and later
-    /// starts must keep refusing it).
-    pub fn keep(mut self) {
-        self.path = None;
     }
 }
 
@@ -48,10 +42,8 @@ impl Drop for Unfinished {
     /// Removes the marker if it is still this step's (a later step for another key may have
     /// replaced it meanwhile: that one stays).
     fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            if earlier(&p, &self.key) > 0 {
-                let _ = std::fs::remove_file(p);
-            }
+        if earlier(&self.path, &self.key) > 0 {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -82,7 +74,7 @@ mod tests {
         std::mem::forget(m);
         let (m, died) = Unfinished::begin(&p, "a").unwrap();
         assert_eq!(died, 1);
-        m.keep();
+        std::mem::forget(m);
         assert_eq!(earlier(&p, "a"), 2);
         // Another key starts from zero; the step it replaced ending leaves it alone.
         let (old, _) = Unfinished::begin(&p, "a").unwrap();
