@@ -439,11 +439,60 @@ fn recreate_network(
     Target(tgt): Target<Network>,
     Args((app, name)): Args<(String, String)>,
     System(dev): System<Device>,
+    SystemTarget(device_tgt): SystemTarget<Device>,
 ) -> Vec<Task> {
-    if net.config == tgt.config || dev.apps.get(&app).is_some_and(|a| uses_network(a, &name)) {
+    if net.config == tgt.config {
         return vec![];
     }
+    let users = users_of(&dev, &app, |s| s.config.network_names().contains(&name));
+    if !users.is_empty() {
+        return remove_users(&dev, &device_tgt, &app, users);
+    }
     vec![remove_network.into_task(), create_network.with_target(tgt)]
+}
+
+/// The containers of `app` (release, service) whose service `uses` a network or volume.
+fn users_of(dev: &Device, app: &str, uses: impl Fn(&Service) -> bool) -> Vec<(String, String)> {
+    dev.apps
+        .get(app)
+        .map(|a| {
+            a.releases
+                .iter()
+                .flat_map(|(r, rel)| rel.services.iter().map(move |(n, s)| (r, n, s)))
+                .filter(|(_, _, s)| uses(s))
+                .map(|(r, n, _)| (r.clone(), n.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A network or volume that must be recreated is held by containers: remove them first (the
+/// create jobs make them again on the new one). A service whose own state already matches
+/// the target is never visited by the service jobs, so only this can free the resource. As
+/// download-then-kill: nothing is removed before every image of the app is present.
+fn remove_users(
+    dev: &Device,
+    tgt: &DeviceTarget,
+    app: &str,
+    users: Vec<(String, String)>,
+) -> Vec<Task> {
+    if !app_images_present(dev, tgt.apps.get(app)) {
+        return vec![];
+    }
+    let mut tasks = vec![];
+    for (rel, svc) in users {
+        let running = dev
+            .apps
+            .get(app)
+            .and_then(|a| a.releases.get(&rel))
+            .and_then(|r| r.services.get(&svc))
+            .is_some_and(|s| s.running);
+        if running {
+            tasks.push(kill_container.with_arg("rel", &rel).with_arg("svc", &svc));
+        }
+        tasks.push(remove_container.with_arg("rel", &rel).with_arg("svc", &svc));
+    }
+    tasks
 }
 
 fn create_volume(
@@ -494,9 +543,14 @@ fn recreate_volume(
     Target(tgt): Target<Volume>,
     Args((app, name)): Args<(String, String)>,
     System(dev): System<Device>,
+    SystemTarget(device_tgt): SystemTarget<Device>,
 ) -> Vec<Task> {
-    if vol.config == tgt.config || dev.apps.get(&app).is_some_and(|a| uses_volume(a, &name)) {
+    if vol.config == tgt.config {
         return vec![];
+    }
+    let users = users_of(&dev, &app, |s| s.config.volume_names().contains(&name));
+    if !users.is_empty() {
+        return remove_users(&dev, &device_tgt, &app, users);
     }
     vec![remove_volume.into_task(), create_volume.with_target(tgt)]
 }
@@ -543,9 +597,15 @@ fn create_container(
             "network {n} not ready"
         );
     }
+    // A volume that is to be recreated is not ready either: a container created on the old
+    // one would hold it and block its recreation (as for networks above).
     for v in tgt.config.volume_names() {
         enforce!(
-            cur_app.and_then(|a| a.volumes.get(&v)).is_some(),
+            cur_app.and_then(|a| a.volumes.get(&v)).is_some_and(|x| {
+                tgt_app
+                    .and_then(|a| a.volumes.get(&v))
+                    .is_none_or(|t| t.config == x.config)
+            }),
             "volume {v} not ready"
         );
     }
