@@ -1,0 +1,106 @@
+//! ARCHITECTURE.md stays true of the tree: its code map names every source folder and file
+//! (tests.rs files aside) and names nothing that does not exist; its store schema lists exactly
+//! the keys the store knows (`helios_actors::ports::store::keys::ALL`).
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn architecture() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The text of the section `## <title>` (up to the next `## `).
+fn section<'a>(doc: &'a str, title: &str) -> &'a str {
+    let head = format!("\n## {title}\n");
+    let start = doc
+        .find(&head)
+        .unwrap_or_else(|| panic!("ARCHITECTURE.md has no section {title:?}"))
+        + head.len();
+    let rest = &doc[start..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+/// Every `.rs` file and folder below `dir`, by name.
+fn sources(root: &Path, dir: &str, out: &mut BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = format!("{dir}/{name}");
+        if entry.path().is_dir() {
+            out.insert(format!("{name}/"));
+            sources(root, &rel, out);
+        } else if name.ends_with(".rs") {
+            out.insert(name);
+        }
+    }
+}
+
+/// What the code map names: every component of its paths, folders as `x/`, files as `x.rs`
+/// (`fixtures/schema1/` names `fixtures/` and `schema1/`).
+fn named(map: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let words = map
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '(' | ')' | '`' | ';'))
+        .filter(|w| {
+            (w.ends_with(".rs") || (w.ends_with('/') && w.len() > 1))
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        });
+    for word in words {
+        let parts: Vec<_> = word.split('/').filter(|p| !p.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 < parts.len() || word.ends_with('/') {
+                out.insert(format!("{part}/"));
+            } else {
+                out.insert(part.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_code_map_names_every_source_file_and_nothing_else() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = architecture();
+    let map = section(&doc, "Code map");
+    let mut tree = BTreeSet::new();
+    for dir in ["src", "actors", "migrations"] {
+        sources(root, dir, &mut tree);
+    }
+    let named = named(map);
+    // mod.rs is its folder; tests.rs files are their module's tests.
+    let missing: Vec<_> = tree
+        .iter()
+        .filter(|f| !matches!(f.as_str(), "mod.rs" | "tests.rs") && !named.contains(*f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's code map does not name {missing:?}"
+    );
+    let mut everything = tree.clone();
+    for dir in [
+        "tests",
+        "scripts",
+        "deploy",
+        "examples",
+        "fuzz/fuzz_targets",
+    ] {
+        sources(root, dir, &mut everything);
+    }
+    for top in std::fs::read_dir(root).unwrap().flatten() {
+        let name = top.file_name().to_string_lossy().into_owned();
+        everything.insert(if top.path().is_dir() {
+            format!("{name}/")
+        } else {
+            name
+        });
+    }
+    let stale: Vec<_> = named.iter().filter(|n| !everything.contains(*n)).collect();
+    assert!(
+        stale.is_empty(),
+        "ARCHITECTURE.md's code map names what is not in the tree: {stale:?}"
+    );
+}
