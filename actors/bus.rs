@@ -1,10 +1,41 @@
 //! The two state buses of the architecture diagram, plus the capability bus.
 //!
-//! The target-state bus is written by PollActor and the API and read by SeekActor; publishing
-//! persists the target in the store (flushed) before anyone sees it, so an acknowledged target
-//! survives a crash. The current-state bus is written by SeekActor and read by the API and
-//! ReportActor. Both are latest-value-wins (`tokio::sync::watch`): a slow reader skips to the
-//! newest value, which is what every reader wants.
+//! Every bus is a `tokio::sync::watch` channel (the small ones a [`Latest`]): latest value
+//! wins, a slow reader skips to the newest value, which is what every reader wants. Bodies
+//! never travel on them: they carry parsed, bounded data.
+//!
+//! The buses, who writes them and who reads them:
+//! - **TargetBus** ([`TargetBus`]): the target the device must reach, written by the API
+//!   (`POST`/`DELETE /v3/device/apps/..`) and PollActor, read by SeekActor and HostActor.
+//!   Persisted (flushed) before it is published; primed from the store at start, so Seek
+//!   resumes an acknowledged target after a crash. A remote target carries its host part under
+//!   the key `hostapp` (model/host.rs), which the planner ignores and HostActor seeks.
+//! - **StateBus** ([`StateBus`]): the current state as the planner's `Device` model and as the
+//!   `/v3/device` document, the apply status and its target sequence number, written by
+//!   SeekActor; except `host` (host OS releases and the phase of the host part of the target),
+//!   written by HostActor only. Read by the API, ReportActor, ProxyActor (the hand-off waits
+//!   for `done`) and HostActor (the apps whose update locks it takes). Readers are woken only
+//!   when the state really changed.
+//! - **CapsBus** ([`CapsBus`]): capabilities, each part written by the actor that probes it:
+//!   the engine (SeekActor, on connect and on loss); the system bus and its host services
+//!   (HostActor: probed with backoff while anything is missing, then event-driven:
+//!   `NameOwnerChanged` probes again and the connection closing is a loss); host OS kind and
+//!   runtime dir (HostActor, at start); remote reachability (PollActor: any HTTP answer is
+//!   reachable, transport errors, timeouts, 5xx and 429 are not); the legacy supervisor
+//!   answering (the proxy's HTTP side, on every request it streams there). What is configured
+//!   (remote mode, legacy supervisor, host OS version) is set once at start. Read by the API
+//!   (`/v3/capabilities`, health) and HostActor (a waiting OS install looks again). Each change
+//!   is one `capability=` line with `decision=found|lost|missing`.
+//! - **RemoteBus** ([`RemoteBus`]): what the last remote target said besides the target, written
+//!   by PollActor: the authorized apps (the only ones reported), rejected releases, a rejected
+//!   document, and the device key once known. In front of a legacy supervisor also the `apps` it
+//!   last reported (written by the proxy's HTTP side, pruned by ProxyActor to the apps of each
+//!   new legacy copy). Read by ReportActor.
+//! - **RoutingBus** (`proxy::RoutingBus`, proxy mode): the routing snapshot ProxyActor
+//!   publishes (legacy and remote endpoints, the legacy supervisor's target copy), read by the
+//!   API's proxy handler on every request.
+//! - **ForeignApps** (`proxy::ForeignApps`, proxy mode): the apps SeekActor found on the engine
+//!   but did not create, written after each engine read, read by PollActor's target split.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -108,7 +139,7 @@ impl TargetBus {
     }
 }
 
-/// Current state: written by Seek only.
+/// Current state: written by Seek, except `host` (HostActor).
 #[derive(Clone)]
 pub struct StateBus {
     tx: Arc<watch::Sender<Arc<CurrentState>>>,

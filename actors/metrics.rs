@@ -1,6 +1,21 @@
 //! Process-wide counters for `GET /metrics`: applies and their durations, step failures, poll
 //! and report results. Each is bumped next to the decision line that logs the same event, so
 //! the counters and the log never disagree. Atomics only: no IO, no lock on a hot path.
+//!
+//! Each counter is bumped on the line after the decision line of its event: a step's
+//! `decision=fail` (step failures, keyed by step name in a small mutex-guarded list), the end
+//! of an apply, every poll outcome, every report request (state and tags). The faults test
+//! checks the pull-failure counter against the `Step failed` lines.
+//!
+//! A static registry rather than a handle passed to every actor: the step runner in
+//! `seek/plan.rs` is a free function inside mahler effects, and one registry per process is
+//! what Prometheus scrapes anyway.
+//!
+//! What an apply counts: only applies that planned (or failed to), so `helios_applies_total`
+//! counts real work. One that finds the device on target (a drift check, every few minutes) or
+//! cannot read the engine is not counted; one interrupted by a newer target with `cancel` or
+//! by a device API action counts as `interrupted`, with the time it ran. Gauges (status,
+//! releases, RSS, store size) are not here: `src/api/metrics.rs` reads them per request.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,7 +28,7 @@ pub const APPLY_BUCKETS: [f64; 9] = [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900
 pub enum ApplyResult {
     /// The workflow reached the target.
     Done,
-    /// A step failed, or the engine could not be read.
+    /// A step failed, or the workflow or the planning task itself failed.
     Failed,
     /// No sequence of steps reaches the target.
     NoPlan,

@@ -6,6 +6,25 @@
 //! `Supervised::restarting` calls [`Restarts::record`], and `started` waits the returned delay
 //! before it resumes work. Escalation goes to `src/` through a [`FatalSender`], which stops the
 //! whole process with a documented exit code so systemd or the engine restarts it.
+//!
+//! Every actor implements [`Resumable`] (`restarts()`, `begin()`) and `supervised_actor!`
+//! writes its `Actor`/`Supervised` impls: `restarting()` records the restart (backoff from
+//! `supervision.backoff_initial_ms`, doubling to `backoff_max_ms`) and `started()` waits that
+//! delay before `begin()`, which (re)starts the actor's streams, timers and probes. The actor
+//! struct survives its restarts, so whatever `begin()` does not reset carries over. More than
+//! `supervision.max_restarts` restarts within `restart_window_ms` escalate: a [`Fatal`] goes to
+//! `startup.rs`, which ends the process with exit code 3.
+//!
+//! A missing dependency is not a failure: SeekActor waits for the engine with its own backoff
+//! (the `engine` capability is lost, the API keeps answering), HostActor probes the bus the
+//! same way. A broken stream is one (SeekActor's engine events: it restarts and reconnects).
+//!
+//! Release builds abort on panic (`panic = "abort"` in Cargo.toml's release profile): a panic
+//! anywhere is a process crash, which systemd (`Restart=always`) or the engine (`restart: always`)
+//! answers by starting helios again, and crashes are what the store and the apply loop are built to
+//! survive (`scripts/crash`). The only thing a restart cannot fix is a crash that repeats at every
+//! start; the two steps that could do that run under unfinished-work markers (ports/unfinished.rs).
+//! Test and debug builds unwind instead.
 use std::collections::VecDeque;
 use std::time::Duration;
 

@@ -2,8 +2,26 @@
 //! §3-§4): writes `apiEndpointOverride` and `listenPortOverride` into its database
 //! (`/data/database.sqlite`, table `config`) by exec'ing a small script inside its container,
 //! then restarts its systemd unit over D-Bus. Idempotent; a breadcrumb in the runtime dir makes
-//! a restart missed by a crash happen at the next run. `untakeover` removes both keys the same
-//! way, which gives back plain legacy operation.
+//! a restart missed by a crash happen at the next run. `untakeover` writes back what the first
+//! takeover replaced (or removes both keys when that is unknown) the same way, which gives back
+//! plain legacy operation.
+//!
+//! A run: find the container `balena_supervisor`, else `resin_supervisor` (none: nothing to
+//! do); write the breadcrumb; exec a script in the container that reads both keys and, when
+//! they differ from the wanted values, rewrites both in one transaction (with the supervisor's
+//! own node and `sqlite3` module, else the `sqlite3` command); restart its unit
+//! (`balena-supervisor.service` or `resin-supervisor.service`, `RestartUnit` waiting for
+//! `JobRemoved`, at most 90 s; a job that fails or times out is a warning, the settings being
+//! written) when the script changed something or the breadcrumb was already there; then remove
+//! the breadcrumb. Values with quotes, newlines or shell metacharacters are refused before
+//! anything runs. The values the first takeover replaced are kept in `legacy-takeover.json`
+//! beside the config file (never overwritten by later takeovers); `untakeover` writes them
+//! back (absent keys deleted), restarts the unit the same way and forgets the file.
+//!
+//! The daemon runs the takeover first when `BALENA_SUPERVISOR_*` configured the legacy
+//! supervisor (the container entrypoint's contract, spec §2.3), and exits with code 1 if it
+//! fails, as upstream's entrypoint does. Invariant: only the two override keys are ever
+//! written in the legacy supervisor's database.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

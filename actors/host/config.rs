@@ -2,6 +2,16 @@
 //! spec/behaviours.md §16, spec/registration.md §1.1): the hostname in balenaOS's config.json
 //! and the redsocks proxy in the boot partition's `system-proxy/`. No bus calls here: HostActor
 //! decides which path applies and restarts the units.
+//!
+//! balenaOS is recognised by its config.json (`<boot dir>/config.json`), not by the configured
+//! OS version, so the same binary does the right thing wherever it runs; without it the host
+//! is generic Linux and HostActor uses hostnamed instead (and refuses proxy settings). The
+//! hostname is written into config.json keeping every other key as it was, the OS's watcher
+//! applying it (spec/behaviours.md §16). The proxy lives in `system-proxy/redsocks.conf` and
+//! `system-proxy/no_proxy`; a patch is merged field by field over what is configured (`{}`
+//! removes the proxy) and checked before anything is written. Every file is written
+//! atomically (temp file, fsync, rename, fsync of the directory): a crash leaves the old file
+//! or the new one.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

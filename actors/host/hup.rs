@@ -2,6 +2,52 @@
 //! what to do about the host part of a target, and the install itself (pull the updater, copy
 //! its `/app` out of a never-started `balenahup` container, run `entry.sh` as the transient
 //! unit `os-update.service`, leave the breadcrumb). HostActor (mod.rs) sequences them.
+//!
+//! Only with a host OS version configured. **The host part of the target** travels on the
+//! TargetBus (so it is persisted and survives a restart) under the key `hostapp` beside the
+//! planner's target, which ignores it: an object for a remote target with a usable hostapp
+//! (model/cloud.rs extracts it), `null` for a remote target without one, absent for a local
+//! target. PollActor compares the host part too, so a new OS release with unchanged apps is
+//! published. Local `/v3` posts rebuild the target from the planner's type and so drop the key:
+//! a local apply never touches the host OS.
+//!
+//! **Records** (store key `host/releases`, release → app, image, build, updater,
+//! install_attempts, since_ms): the target release is recorded, its metadata updated, the
+//! records of other releases removed; attempts reset when the record is more than 24 h old.
+//! The status is derived at every read: `running` if the build is the configured OS build,
+//! else `installed` if `<runtime dir>/balenahup-<release>-breadcrumb` exists, else `created`.
+//!
+//! **Decision** ([`decide`], pure): a local target or the release running → idle; a remote
+//! target without hostapp, the release `installed` (waiting for a reboot), or `created` with 3
+//! attempts → aborted; `created` with fewer → install. HostActor evaluates it on every target,
+//! after every install and on timers (retry, wait, the 24 h reset after giving up).
+//!
+//! **Install** (HostActor): first what it needs, each missing one a `decision=wait` (WARN
+//! once, then DEBUG; DEBUG only before the first bus probe and for the engine, which Seek
+//! reports) with a new look after `seek.local_retry_interval_ms` or at the next CapsBus
+//! change, and no attempt counted: systemd1 on the bus, the engine, the update locks of every
+//! app on the device or in the target (a user lock waits unless the target request had
+//! `force`; a `/v1/update` re-apply's force does not reach HostActor). The locks are kept
+//! (`Locks::keep`) until the install ends: Seek's `release_all` at the end of an apply leaves
+//! them, and a restarted HostActor unkeeps what a cut-short install kept. The install does not
+//! wait for Seek's apply: both run side by side, Seek's own lock takes being no-ops on the kept
+//! locks. Then the attempt is counted and stored (flushed) before anything runs, and
+//! [`install`] removes an old `balenahup` container, pulls the updater (anonymously, like app
+//! images), creates `balenahup` from it (never started), downloads its `/app` as a tar (at most
+//! 256 MiB), removes the container and the updater image, unpacks the tar into a staging dir
+//! (paths outside it refused, `entry.sh` required) swapped in as `<runtime dir>/balenahup/`,
+//! runs `entry.sh --app-uuid … --release-commit … --target-image-uri …` from there (as the
+//! host sees it) as the transient unit `os-update.service` (bounded at 2 h), and writes the
+//! breadcrumb on exit status 0. A failure is `decision=retry` (`fail` on the third attempt, then
+//! `decision=give_up`); a bus failure also re-probes the bus. Nothing of this stops the actor.
+//!
+//! **What readers see**: HostActor publishes `CurrentState::host` {meta, releases, seq, phase}.
+//! `/v3/device` adds `host` (spec §4.4); the report adds the host app (§5.2: one release per
+//! record, service `hostapp`, the running build `Running`/`done` with `release_uuid`, others
+//! `Installing`/`applying changes` or `aborted`); `CurrentState::loop_status` turns Seek's
+//! `done` into `applying changes` while the host part is being worked on or not yet looked
+//! at, and into `aborted` when it is deliberately not reached (§4.3). Every reader of the
+//! status (`/v3/status`, `/v1`, `/v2`, the report, `/metrics`) goes through it.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -10,6 +10,26 @@
 //! StateBus.
 //! Restart: reconnects to the bus after the restart backoff; re-reads the records and seeks
 //! the latest target's host part again (an install cut short counted its attempt).
+//!
+//! Power (`/v1/reboot`, `/v1/shutdown`, and the reboot breadcrumb of seek/reboot.rs): refused
+//! (the API answers 500 with the reason) without logind on the bus. Otherwise it takes and
+//! keeps the update locks of every app on the device (`Locks::keep`; a user lock refuses with
+//! 423 unless forced), answers, and one second later flushes the store and calls
+//! `org.freedesktop.login1.Manager.Reboot`/`PowerOff` (non-interactive). Kept locks survive an
+//! apply ending meanwhile (its `release_all` leaves them); keeps are counted, so an OS update
+//! keeping the same locks is not disturbed; an apply that holds them keeps them after the
+//! host operation ends. If logind then fails, the locks are given back.
+//!
+//! Host config (`GET`/`PATCH /v1/device/host-config`; the files and how balenaOS is recognised are
+//! config.rs's): on balenaOS the hostname goes into config.json (the OS applies it, so no unit is
+//! restarted for it) and the proxy into `system-proxy/`, after which the proxy-config unit
+//! (`balena-proxy-config`, else `resin-proxy-config`) and `redsocks` are restarted through systemd,
+//! each waited for until its `JobRemoved` (a result other than `done` is the error the API answers,
+//! 503). On generic Linux the hostname goes through hostnamed (`SetStaticHostname`) and proxy
+//! settings are refused (503): there is no redsocks to configure. An empty hostname resets to the
+//! first 7 characters of the uuid. Everything is validated before any lock is taken or file
+//! written; then every app's update lock is kept for the change (423 unless forced). Bus calls are
+//! bounded (25 s per call, 90 s per unit job).
 pub mod config;
 pub mod hup;
 

@@ -2,6 +2,24 @@
 //! `{"<uuid>": {"name", "config", "apps"}}`, validated and converted into the planner's target.
 //! A document that cannot be understood is rejected whole; an app whose release fails
 //! validation is rejected alone and keeps what it had.
+//!
+//! Rejected whole (the device keeps its current target, status `rejected`): a document that is
+//! not an object or has no entry for our uuid; a device name missing, not a string, longer
+//! than 255 bytes or with a newline; `config` or `apps` not objects; an app that does not
+//! parse (an `id` missing, a field of the wrong type), has no name or more than one release;
+//! more than one host app. Rejected alone: an app whose release fails validation (the /v3 app
+//! target rules, model/target.rs) keeps its previous target, or its current state when it had
+//! none, and is reported with that release `rejected`.
+//!
+//! The host app (`is_host`) is not an app helios runs but the host part of the target
+//! (spec/helios-api-v3.md §9): from its single release, the service labelled
+//! `io.balena.image.class: hostapp` (its own `labels` over `composition.labels`) gives the OS
+//! image, `io.balena.private.updater` the updater image and
+//! `io.balena.private.hostapp.board-rev` the build. Anything missing rejects the host app
+//! alone (reported `rejected`); the target then says `hostapp: null`, which HostActor reads as
+//! "this remote target has no usable hostapp". Every app of the document, the host app
+//! included, is authorized: only those are reported. `BALENA_SUPERVISOR_POLL_INTERVAL` (or
+//! `RESIN_`) in `config` is the poll interval, in milliseconds.
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

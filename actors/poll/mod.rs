@@ -6,6 +6,31 @@
 //! Reapply (304 after a trigger) and MarkRejected (unusable document) to Seek.
 //! Restart: rebuilds the client, reloads the ETag from the store and polls at once; idle when
 //! the device is unmanaged. Registers first when only a provisioning key is known.
+//!
+//! Polling (spec/helios-api-v3.md §5.1): `GET /device/v3/<uuid>/state` with `If-None-Match`.
+//! The ETag is stored with the target it belongs to (the store's target envelope), so a
+//! restart still sends it. A 200 is converted by model/cloud.rs: a document it rejects whole
+//! changes nothing (status `rejected` through `MarkRejected`, reason on the RemoteBus); an
+//! app whose release fails validation keeps its previous target (or its current state) and is
+//! reported with that release `rejected`. A converted target is published on the TargetBus
+//! with `cancel` (a newer remote target interrupts an apply in progress) unless a
+//! `/v1/update` asked otherwise; an identical target under a new ETag is only re-stored, not
+//! re-applied. A 304 after a `/v1/update` re-applies the current target (`Reapply`) and, in
+//! proxy mode, asks the legacy supervisor to apply again. `BALENA_SUPERVISOR_POLL_INTERVAL`
+//! in the device config sets the interval (never below the minimum).
+//!
+//! Failures: 401 and 404 (the remote does not know this device or key) wait for the next
+//! scheduled poll; other failures, and a 304 without a cached ETag, back off from
+//! `poll_min_interval` doubling to the poll interval, or by `Retry-After`. Requests are at
+//! least `poll_min_interval` apart; a trigger that comes too soon or while a poll is in flight
+//! runs as soon as allowed. Every outcome is one `/metrics` count and sets the `remote`
+//! capability's reachability.
+//!
+//! In proxy mode each 200 is first split between helios and the legacy supervisor
+//! (proxy/split.rs, waiting in 1 s steps until Seek has read the engine once), helios's part
+//! is converted without its host part (the host OS is the legacy supervisor's: no `hostapp`
+//! key at all, so HostActor leaves the OS alone as for a local target, where `null` would end
+//! every apply `aborted`), and the legacy part goes to ProxyActor as a `HandOff`.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

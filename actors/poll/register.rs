@@ -3,6 +3,20 @@
 //! helios' "409 means it worked". One attempt per call: retry and backoff are the caller's,
 //! errors say whether to retry (`is_transient`) or to start over with a new identity
 //! (`needs_new_identity`). Keys are never logged.
+//!
+//! The 409 key exchange (registration.md §5): when our own key already sees the device, an
+//! earlier attempt went through; else the provisioning key looks the device up and creates
+//! our key for it. A transient failure of the first lookup stops there, so the same identity
+//! is retried rather than given up. The answer's uuid must be ours; a different device key in
+//! the answer wins over ours (logged).
+//!
+//! Which identity is used at all is decided once in `src/config.rs` (spec/helios-api-v3.md
+//! §5.4): uuid, endpoint and key all given are used; else a stored identity in the config
+//! file wins (differing values given are ignored, with a warning); else a provisioning key
+//! makes PollActor register (retrying with its poll backoff) and the identity is written to
+//! the config file; else the device is unmanaged. PollActor lets each attempt generate the
+//! device key and retries any failure with the same uuid; it does not act on
+//! `needs_new_identity` yet.
 use std::fmt;
 use std::time::{Duration, SystemTime};
 

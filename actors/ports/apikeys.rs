@@ -3,6 +3,22 @@
 //! the `io.balena.features.supervisor-api` label (behaviours.md §4.5), kept in the store under
 //! [`STORE_KEY`]. A lookup compares the presented key with every key in constant time. Keys are
 //! held as [`Secret`]s and never logged.
+//!
+//! The global key comes from the config file (`api.device_api_key`); when the device is
+//! managed and none is configured, `src/startup.rs` generates one and saves it there. Keys are
+//! required when the device is managed or a key is configured; an unmanaged device without a
+//! key takes none (our reading of device-api.md §2.1 for a device that has no cloud). A
+//! lookup compares against every key, every byte, whatever matches, so the time tells nothing
+//! but the lengths.
+//!
+//! A service labelled `io.balena.features.supervisor-api` (`1`, `true`, `on`) gets its key on
+//! first use, with the API's address: `BALENA_SUPERVISOR_API_KEY`, `_PORT`, `_HOST`,
+//! `_ADDRESS` and their `RESIN_` twins ([`SupervisorApi::container_env`]). A regenerated
+//! service key leaves the old one in its container's env: reading the engine, Seek marks such a
+//! service's current config with `BALENA_SUPERVISOR_API_KEY=<regenerated>`
+//! (`seek::current::mark_regenerated_keys`), so it equals no target and the next apply
+//! recreates it with the new key. The global key is reported as `api_secret`, except in front
+//! of a legacy supervisor, where the cloud keeps the legacy supervisor's key.
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -2,6 +2,20 @@
 //! service containers, networks and volumes (spec/helios-api-v3.md §6), and the read-back of
 //! supervised objects into the model. Pure functions: no engine calls.
 //!
+//! Engine naming (spec/helios-api-v3.md §6): a container is `<service>_<release>`, a network
+//! or volume `<name>_<app uuid>`, and all of them carry `io.balena.supervised` (containers
+//! labelled `io.resin.supervised` are read as supervised too) with the app uuid, id and name
+//! and the service name and id. A supervised container without an app-uuid label reads back
+//! under app `10c401`, one whose name is not `<service>_<release>` under release
+//! `10ca12e1ea5e` (spec §6.1), which no target has. Every service container gets the
+//! app's update-lock directory bound at `/tmp/balena` and `/tmp/resin`.
+//!
+//! Deliberate differences from upstream: the normalised service config is kept whole in one
+//! label (below) instead of upstream's per-field bookkeeping labels, and what can change
+//! without recreating a container is read back from the engine and compared. A release change
+//! with an identical service config therefore recreates the container (its name holds the
+//! release; upstream renames it).
+//!
 //! A container's normalised `ServiceConfig` is stored as JSON in the `io.balena.private.config`
 //! label and read back from there, so the read-back equals the target exactly. What can change
 //! by hand without recreating the container is checked against the inspect data and, when it

@@ -18,7 +18,7 @@
 //!   immediate reopen in the same process waits for the lock instead of failing.
 //!
 //! sled may also panic on a damaged store. Unwinding builds catch that here; release builds
-//! abort (ARCHITECTURE.md "Footprint"), so the open runs under an unfinished-work marker,
+//! abort (`panic = "abort"` in Cargo.toml), so the open runs under an unfinished-work marker,
 //! `<dir>/helios-opening` (ports/unfinished.rs; inside the store dir, the one place a
 //! hardened service may write): when [`REPEATED`] earlier starts died while opening, the store
 //! is moved aside instead of crashing a third time.

@@ -1,10 +1,33 @@
 //! Unfinished-work markers: a small file that exists while a step runs that could take the
-//! process down with it (release builds abort on panic, ARCHITECTURE.md "Footprint"). A start
-//! that finds the marker knows how many earlier processes died inside that step for the same
-//! key, and stops repeating a step that crashes every time instead of crash-looping.
+//! process down with it (release builds abort on panic, `panic = "abort"` in Cargo.toml). A
+//! start that finds the marker knows how many earlier processes died inside that step for the
+//! same key, and stops repeating a step that crashes every time instead of crash-looping.
 //!
 //! File format: `<count> <key>\n`, written whole (temp file + rename), no fsync: the markers
 //! live where a lost write costs one more attempt at most.
+//!
+//! Two steps use them, the two that a restart would run again and that could crash again:
+//! - **Opening the store** (ports/store.rs; sled may panic on damaged files):
+//!   `<store dir>/helios-opening`, key `open`, inside the store dir because a hardened unit may
+//!   write nowhere else. After [`REPEATED`] deaths the store is moved aside and rebuilt
+//!   (`decision=move-aside`): the directory renamed to `<dir>.corrupt-<secs>[-n]`, or, where
+//!   that fails (the store dir is a mount point, as a systemd `StateDirectory` or a container
+//!   volume, or its parent is read-only), its contents moved into `<dir>/corrupt-<secs>[-n]`,
+//!   which later opens ignore.
+//! - **Planning the target** (seek/mod.rs; a planner panic): `<runtime dir>/helios-planning`,
+//!   keyed by the target's digest (FNV-1a of its JSON, the `digest` field of `Plan computed`).
+//!   Written right before the planner runs and removed inside its blocking task when it
+//!   returns, so an interrupted apply does not end the marker of a planning still running; a
+//!   planning of that target that completed in this process needs no marker again (the drift
+//!   checks that follow write nothing, and the runtime dir is a tmpfs: an idle device still
+//!   writes nothing to disk). After [`REPEATED`] deaths the target is given up without
+//!   planning (`decision=give_up`, status `aborted`, stored as `seek/given-up`), and tried
+//!   again when it changes or on a forced update.
+//!
+//! One death is retried: it may have been a power cut or a kill. A step removes its marker when
+//! it ends while the process lives, also when a panic unwinds through it (test and debug
+//! builds, where the store's `catch_unwind` and Seek's `JoinError` path recover in-process),
+//! and only its own: a later step for another key may have replaced it.
 use std::io;
 use std::path::{Path, PathBuf};
 

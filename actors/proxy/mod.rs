@@ -8,6 +8,52 @@
 //! Sends: `POST <legacy>/v1/update`, then polls `GET <legacy>/v2/state/status`.
 //! Restart: republishes the routing with the stored legacy copy; a hand-off in flight is
 //! dropped (the next poll hands off again). Idle when no legacy supervisor is configured.
+//!
+//! On with `--legacy-api-endpoint`/`--legacy-api-key` (or `BALENA_SUPERVISOR_*` in a
+//! container). Specs: spec/helios-proxy.md, spec/helios-api-v3.md §2.3 and §8,
+//! spec/state-report-v3.md.
+//!
+//! **Routing.** `route.rs` decides from method, path and `User-Agent` against the snapshot
+//! published here; `src/api/proxy.rs` asks, then streams. helios answers `/ping`, `/metrics`,
+//! `/v1/update` (poll now) and `/v3/*` itself; in proxy mode its own `/v1`/`/v2` routes are
+//! not mounted, so every other request reaches the proxy:
+//! - from the legacy supervisor (`User-Agent: Supervisor/…`, its API endpoint override points
+//!   at helios): `GET /device/v3/<uuid>/state` is answered from the legacy copy (200 with a
+//!   strong ETag, 304 on `If-None-Match`; 503 + `Retry-After: 15` while there is none or
+//!   helios applies); `PATCH /device/v3/state` is read whole (bounded by
+//!   `api.max_body_bytes`) to take its `apps` out, the rest forwarded; anything else streams to
+//!   the balena API; with no remote (unmanaged) those get 503 + `Retry-After: 600`;
+//! - from anyone else: streamed to the legacy supervisor's device API (auth is its business).
+//!
+//! **Hand-off order** (`HandOff`, after PollActor's split): withhold the copy (the legacy
+//! supervisor's polls get 503), let helios apply its part, serve the copy once the StateBus says
+//! `done` for that target (or a newer one), then `POST <legacy>/v1/update` with the legacy key
+//! (retried every 5 s until a 2xx), then poll `/v2/state/status` every second until
+//! `appState: applied` (10 minutes at most, then logged and left). When helios's part did not
+//! change the copy is served at once, and not at all when it did not change either; a 304 after
+//! `/v1/update` only repeats the `POST`. A newer target replaces a hand-off in flight. The copy is
+//! stored (`proxy/legacy_target`) and served again after a restart; the apps the legacy supervisor
+//! reported are pruned to those of each new copy.
+//!
+//! **The safety rule** (split.rs): an app is run by exactly one side and never moves from the
+//! legacy supervisor to helios while it stays in the target. Seek helps: in proxy mode it
+//! drops from its view, and so never stops or removes, every engine object of an app it
+//! neither recorded nor has in its target (published as ForeignApps for the split). Moving the
+//! other way is safe because of the order above: helios removes its containers in its own
+//! apply before the legacy supervisor is given the app. Each side names its objects
+//! differently, so a moved app starts with fresh volumes. The liveness cost: while helios's
+//! apply does not reach `done` (a failing pull), the legacy supervisor keeps its previous
+//! copy. Risk left open (to verify on a device): the legacy supervisor discovers supervised
+//! containers by label, so it may see helios's containers as those of apps absent from its
+//! copy and remove them; the copy hides them as the spec suggests, but only a device can tell
+//! how v19 treats containers whose names it cannot parse.
+//!
+//! **Who reports which app.** `apps` is sent whole (spec/state-report-v3.md §3.5: every image
+//! install not mentioned is marked deleted), so only helios sends it: the proxy takes `apps`
+//! out of the legacy supervisor's PATCH (keeping only the apps of its copy, into RemoteBus
+//! `legacy_apps`), forwards the rest (device fields, metrics, its version) unchanged, and
+//! ReportActor adds those apps to its own. helios reports neither `supervisor_version` nor
+//! `api_secret` there.
 pub mod route;
 pub mod split;
 

@@ -7,6 +7,16 @@
 //! starting it while helios starts its own copy). It may move from helios to the legacy
 //! supervisor, because the hand-off orders that move: helios removes its containers in its own
 //! apply, and only then is the legacy supervisor given the app.
+//!
+//! Who runs what: the legacy supervisor keeps the host OS app, the supervisor release (a service
+//! named as in [`SUPERVISOR_SERVICES`]), every app it ran in the previous split (ownership is
+//! sticky, whatever its release becomes), apps whose containers it made (on the engine but not
+//! created by helios: Seek's ForeignApps), apps with a service `contract` (helios does not evaluate
+//! contracts), and releases helios cannot read or run; helios takes the rest. A document helios
+//! cannot read at all stays whole with helios, whose conversion rejects it. The legacy copy is the
+//! document with only the legacy supervisor's apps (device name and config whole). The caller
+//! (`ProxyHandle::split` in mod.rs) logs one `App owner decided` line per app
+//! (`decision=run|delegate`, `owner`, `moved`, `reason`) and stores the owners (`proxy/owners`).
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};

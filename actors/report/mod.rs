@@ -9,6 +9,23 @@
 //! GetTags (reads the device's tags from the cloud for `GET /v2/device/tags`).
 //! Sends: nothing to other actors.
 //! Restart: reloads the last report from the store; idle when the device is unmanaged.
+//!
+//! Reporting: the full report (device fields, metrics, `apps`) is rebuilt on every state or
+//! remote-info change and diffed against the last successful one (two levels; `apps` whole,
+//! body.rs); nothing is sent when nothing differs, and a metric-only diff waits until 5
+//! minutes after the last report. At most one attempt per `min_interval`: changes that come
+//! meanwhile go out after it. Failures back off from 15 s doubling to the poll interval, or
+//! by `Retry-After` (capped the same). The last successful report is kept in the store (a
+//! lazy write: a crash may lose it, and the next report is then a full one). Nothing is sent
+//! before the device has its key (registered).
+//!
+//! What is reported: only the apps of the last remote target (RemoteBus `authorized`), with
+//! the rejected releases marked `rejected`, the host app and its releases (model/host.rs),
+//! and the global device API key as `api_secret`. In front of a legacy supervisor `apps` is
+//! still sent whole and only by helios (spec/state-report-v3.md §3.5: an app left out is
+//! marked deleted): the apps the legacy supervisor last reported (RemoteBus `legacy_apps`,
+//! taken out of its own PATCH by the proxy) are added to helios's own; `supervisor_version`
+//! and `api_secret` are left to the legacy supervisor's report.
 pub mod body;
 pub mod tags;
 

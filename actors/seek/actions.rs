@@ -2,6 +2,19 @@
 //! start. They act on the engine directly, holding the app's update lock (423 when a user
 //! holds it, unless `force`); SeekActor then seeks the target again, which re-creates what an
 //! action removed.
+//!
+//! They run inside SeekActor as an `AtomicResponse`: its mailbox and streams wait, an apply in
+//! progress is cancelled first (counted `interrupted`), a scheduled retry is dropped, and once
+//! the action ends the locks are released and the target is sought again (or, for a target
+//! given up, the engine only re-read). Restart removes the app's containers (or the one
+//! service's) and the new apply creates new ones; purge removes the containers, then the
+//! app's volumes, which the apply creates again empty; stop stops the container (10 s); start
+//! starts it and takes no lock. A stopped service stays stopped: the model counts a container
+//! that ran and exited as running, so the planner leaves it to the engine's restart policy.
+//!
+//! Volume cleanup (`CleanupVolumes`) removes supervised volumes that no container mounts and
+//! the target does not declare; volumes helios did not create are never touched (unlike the
+//! legacy supervisor).
 use log::info;
 
 use super::messages::{Action, ActionDone, ActionError, RunAction};

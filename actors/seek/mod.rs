@@ -7,6 +7,60 @@
 //! Restart: reconnects to the engine (waiting with backoff while it is missing), re-reads the
 //! current state and resumes seeking the latest target. An engine event stream that breaks is a
 //! failure that restarts it.
+//!
+//! The apply loop:
+//! 1. A target arrives on the TargetBus (or `Reapply` re-sends the current one with new flags).
+//!    While an apply runs, `cancel=true` interrupts it (status `interrupted`, locks released)
+//!    and the new one starts; `cancel=false` queues it (only the newest is kept). A target
+//!    waits while the engine is unreachable and starts once it is back.
+//! 2. An apply reads the engine (supervised containers, networks, volumes, images) and the
+//!    store's app records into a `Device` and publishes it; prepares the planner's target
+//!    (the images its services need, the volumes of apps that stay, requires-reboot services
+//!    held stopped: reboot.rs); plans with mahler on tokio's blocking pool (never on the
+//!    actors' thread); and logs the plan as ordered steps with their reasons (`Plan computed`,
+//!    then one `Planned step` line each). An empty plan is `done` without a line at INFO.
+//! 3. It runs the workflow, publishing every intermediate state, then reads the engine again
+//!    so what readers see is the engine's state, not the planner's belief. A failed step ends
+//!    the workflow; after `seek.local_retry_interval_ms` the engine is re-read and the plan
+//!    made again. No plan is `aborted`, retried the same way.
+//! 4. While idle, engine events (debounced 1.5 s) and a 5-minute timer re-check the device
+//!    against the target: drift (a container removed by hand, a network gone) is corrected by
+//!    the next plan. A retry already scheduled takes precedence over a drift check.
+//!
+//! **Retry limit.** A failed attempt counts toward `seek.max_attempts` (default 10; 0 retries
+//! forever) unless every error of the workflow is a fault of the environment
+//! (`plan::StepError::is_transient`: any engine error but a 4xx answer, so the engine unreachable,
+//! a connection error or a 5xx; a pull that broke off; a user update lock; a transient store error
+//! such as a full disk) or the engine could not be read at all: those are retried forever, since
+//! the release is not at fault. A 4xx from the engine (an image that does not exist, a config it
+//! refuses), a dependency that never became healthy, or no plan at all count. After `max_attempts`
+//! counted failures Seek logs `decision=give_up attempts=N error=<last failure>`, sets the status
+//! `aborted` (so `/v3/status`, the report's `update_status` of the target release and
+//! `/v1/device`'s `update_failed` say so) and stops retrying: no retry timer; drift checks, an
+//! engine reconnection and the end of a device API action only re-read and publish the engine. What
+//! runs stays as the failed attempts left it (with the default `download-then-kill` and a missing
+//! image, the previous release keeps running). The same target arriving again (a poll, a non-forced
+//! `/v1/update`, the same local POST) is skipped with `decision=skip`; a changed target or `force`
+//! (`/v1/update {"force": true}`, `?force=true`) starts counting from zero. The give-up is stored
+//! (`seek/given-up`: the target's digest and the attempts, flushed), so a restart skips the same
+//! target too; a changed target or a forced retry removes the record. The count before a give-up
+//! lives in memory: a restart in the middle grants `max_attempts` new attempts. A target whose
+//! planning killed helios twice is given up the same way without planning it (ports/unfinished.rs).
+//!
+//! **Crash consistency** comes from the engine being the source of truth and every plan being
+//! recomputed from it, so each step must be idempotent against what a SIGKILL can leave: a
+//! create first removes a leftover container of the same name; a half-connected container
+//! differs from its config label and is recreated; the old container of a hand-over is found
+//! next to the new one and removed after the hand-over wait; a pull is atomic in the engine
+//! and recorded in the store only after it finished; the target is stored, flushed, before
+//! the API answers. `tests/it/engine/crash.rs` kills the process inside and between the steps
+//! of an update and checks that the end state equals an uninterrupted update's.
+//!
+//! Planning cost is the known weak spot: tasks that extract `System<Device>`/`SystemTarget`
+//! deserialize the whole device for every candidate, so planning grows about N³ with the
+//! services and those tasks never run in parallel; mahler 0.28 also caps planning at 256
+//! rounds (about 120 new containers in one target). Narrowing those extractors (per-app reads
+//! instead of whole-device ones) is the planned fix.
 pub mod actions;
 pub mod current;
 pub mod messages;

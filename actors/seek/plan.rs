@@ -3,6 +3,39 @@
 //! its preconditions); only the `with_io` effects touch the engine, the store or the lock files.
 //! Without a [`Effects`] resource the effects do nothing, so plans can be computed and tested
 //! without IO.
+//!
+//! Update strategies (the `io.balena.update.strategy` label) are preconditions:
+//! - `download-then-kill` (the default) removes the old container only once every image of
+//!   the app's target release is present;
+//! - `kill-then-download` and `delete-then-download` pull only after the old container is gone
+//!   (the latter also after the unused images are removed);
+//! - `hand-over` creates and starts the new container first, waits for
+//!   `/tmp/balena/handover-complete` (the app's lock dir as the containers see it) or the
+//!   hand-over timeout, then removes the old one. A new service the target wants stopped, or
+//!   one whose network or volume must be recreated while the old container holds it, cannot
+//!   take over: it goes as download-then-kill (found by the planner property tests).
+//!
+//! A release change recreates every container, config identical or not (the name holds the release;
+//! upstream renames instead); within a release a changed config or image, or a changed network or
+//! volume of the service, removes the container for the create job to make again (with
+//! download-then-kill once the app's images are present). A network or volume whose config changes
+//! is recreated by its own job, which first removes the containers holding it (once the app's
+//! images are present), also those whose own config is unchanged, which no service job would visit;
+//! and a container is created only on networks and volumes that have their target config, and after
+//! its `network_mode: service:<name>` peer exists.
+//!
+//! Starting waits for `depends_on`: the dependency runs with its target config (a
+//! precondition), and `service_healthy` / `service_completed_successfully` are waited for in
+//! the effect, bounded (5 minutes, then the step fails and counts toward giving up). A
+//! container starts only once every image of its app is present. Stopping or removing a
+//! container takes the app's update lock first (ports/locks.rs); a user lock fails the step
+//! (the app shows `locked: true`, the apply retries without counting it) unless `force`.
+//! Starting or creating takes no lock.
+//!
+//! Images: only those helios pulled (recorded under `images` in the store, after the pull
+//! finished), those the target wants and those of supervised containers are in the model, so
+//! only those are ever removed, and only when no supervised container uses them; an image a
+//! foreign container uses is never removed (seek/current.rs).
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

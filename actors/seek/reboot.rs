@@ -5,6 +5,14 @@
 //! (taking every update lock, like `/v1/reboot`). After the reboot the container is older than
 //! the boot and starts normally. The decisions here are pure; the file and clock helpers are
 //! the only IO.
+//!
+//! Before planning, SeekActor holds such a service stopped when its container does not exist
+//! yet, or is not running and was created after the boot (`/proc/stat` `btime` against the
+//! engine's `Created`), and touches the breadcrumb (`decision=schedule_reboot`) unless it is
+//! already newer than the boot. When an apply ends on target with the breadcrumb newer than
+//! the boot, Seek sends HostActor the same `Power` message `/v1/reboot` does, with the
+//! target's `force`. It asks once per process, unless the reboot is refused (a user lock):
+//! then the apply is retried after the retry interval and asks again when it ends on target.
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -2,6 +2,12 @@
 //! `Authorization: Bearer|ApiKey <key>` header, resolved to a scope by the [`Caller`] extractor,
 //! and `POST /v1/regenerate-api-key`. `/ping`, `/v1/healthy` and `/v3/*` take no key; neither
 //! does anything when keys are not required (unmanaged without a configured key).
+//!
+//! Keys are required when the device is managed or a key is configured (an unmanaged device
+//! without a key takes none: our reading of device-api.md §2.1 for a device that has no
+//! cloud). The presented key is compared in constant time with every key
+//! (`ports/apikeys.rs`) and gives its scope: the global key every app, a service key
+//! (`io.balena.features.supervisor-api`) only its own app, plus the device-wide endpoints.
 use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};

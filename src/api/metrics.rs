@@ -2,6 +2,14 @@
 //! nor upstream helios offers). Counters come from `helios_actors::metrics`; release, status,
 //! RSS and store size are read when asked. Unauthenticated like `/ping` and `/v3`: it names
 //! app and release uuids, never a key.
+//!
+//! Two sources: the counters of the process-wide registry (`helios_actors::metrics`, bumped
+//! beside the decision lines that log the same events), and gauges read at request time: the
+//! update status (the StateBus status as every other reader sees it, `applying changes` while
+//! a newer target waits), the services per app and release and the target's releases (from the
+//! StateBus), RSS from `/proc/self/statm`, the store's size from sled. Nothing is sampled in
+//! the background. In front of a legacy supervisor helios answers it itself (it is one of its
+//! own routes, never proxied).
 use std::fmt::Write;
 
 use actix_web::{web, HttpResponse};

@@ -3,6 +3,20 @@
 //! answer back (awc both ways, no buffering), or answers the legacy supervisor's target poll
 //! from the legacy copy. Only the legacy supervisor's state report is read whole (bounded), to
 //! take its `apps` out (spec/state-report-v3.md §3.5).
+//!
+//! Streaming: request and answer bodies are never buffered (but that report); sizes are kept
+//! with `Content-Length` when known, chunked bodies stay chunked, hop-by-hop headers (and those
+//! `Connection` names), `Host` and `Content-Length` are not copied, nothing is decompressed,
+//! redirects are not followed. Each API worker has its own awc client (awc is `!Send`), with
+//! the cloud port's TLS roots and `remote.extra_ca`.
+//!
+//! Upstream failures answer JSON `{"error", "upstream"}`, one WARN line each: 504 when the
+//! upstream's answer has not started within the request timeout (`remote.request_timeout_ms`,
+//! 59 s unmanaged; it also bounds sending the request body), 502 when it cannot be reached,
+//! resets or does not speak HTTP, 400 for a bad URL. A body that stalls after its answer
+//! started is not timed out (log follows must stay open). Before ProxyActor has published its
+//! routing the answer is 503 + `Retry-After: 1`. Every request streamed to the legacy
+//! supervisor sets its `legacy_answering` capability (an HTTP answer or not).
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

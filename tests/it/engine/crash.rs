@@ -9,6 +9,13 @@
 //! the plan in turn, then seeded random points (`delay` ms after the k-th `Step started`, so
 //! inside a pull, a stop, a hand-over wait). `HELIOS_CRASH_POINTS` (default 6) and
 //! `HELIOS_CRASH_SEED` (default 1) choose them; `scripts/crash` runs a long campaign.
+//!
+//! What this pins down is the apply loop's crash consistency (actors/seek/mod.rs): every step
+//! is idempotent against what a SIGKILL leaves, because each start plans again from the
+//! engine. A second test pins down the crash-loop guard (actors/ports/unfinished.rs): a target
+//! whose planning marker says two processes died planning it is given up at the next start
+//! without planning (`decision=give_up`, status `aborted`, what runs left alone), the marker
+//! stays for later starts, and a new target is planned and applied as usual.
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,28 @@
 //! (the previous release keeps running, the report and `/v3/status` say `aborted`, also after
 //! a restart), and tried again only when the target changes or a forced `/v1/update` asks;
 //! the engine lost mid-apply and a pull cut halfway are waited for and retried without giving
-//! up; a full state disk refuses new targets clearly while the apps keep running. `GET /metrics` is checked against
-//! the log and the report after the bad release.
+//! up; a full state disk refuses new targets clearly while the apps keep running; a corrupt
+//! store is rebuilt from the engine. `GET /metrics` is checked against the log and the report
+//! after the bad release.
+//!
+//! What each pins down:
+//! - **Engine lost** (its socket removed and open connections reset, as when dockerd stops):
+//!   Seek's event stream breaks, it restarts and waits with backoff
+//!   (`capability=engine decision=wait`); the failed attempt is transient, so the target is
+//!   kept (`applying changes`), not counted, never given up, and the apply converges once the
+//!   engine is back.
+//! - **Pull cut halfway** (a TCP relay in front of the registry): the pull fails after the
+//!   engine's own retries, the image is neither recorded nor shown present, and the retry
+//!   pulls it again without counting the failure.
+//! - **Full state disk** (a small tmpfs): a new target is refused with 503
+//!   `target could not be stored` and `decision=reject`, running apps and the status are
+//!   untouched, and once space returns the same POST is stored, applied and survives a
+//!   restart (the store checks the free space before writing, because sled 0.34 wedges after
+//!   an ENOSPC).
+//! - **Corrupt store** (its log overwritten while helios is down): moved aside
+//!   (`decision=move-aside`), rebuilt from the engine with the same containers running,
+//!   opened as is on the next start (no crash loop); also with the store dir a mount point,
+//!   whose contents move into `corrupt-<secs>` inside it.
 use std::time::Duration;
 
 use bollard::query_parameters::InspectContainerOptions;
