@@ -15,7 +15,11 @@
 //!   SeekActor; except `host` (host OS releases and the phase of the host part of the target),
 //!   written by HostActor only. Read by the API, ReportActor, ProxyActor (the hand-off waits
 //!   for `done`) and HostActor (the apps whose update locks it takes). Readers are woken only
-//!   when the state really changed.
+//!   when the state really changed. Kept in the store too ([`StateBus::persist`], key
+//!   [`CURRENT_KEY`]): written when it changes (at most once a second while an apply runs,
+//!   flushed when it settles; an unchanged state writes nothing, so an idle device writes
+//!   nothing) and read back at start ([`StateBus::restore`]), so the API and the first report
+//!   answer at once with what was last known, marked `unconfirmed` until Seek reads the engine.
 //! - **CapsBus** ([`CapsBus`]): capabilities, each part written by the actor that probes it:
 //!   the engine (SeekActor, on connect and on loss); the system bus and its host services
 //!   (HostActor: probed with backoff while anything is missing, then event-driven:
@@ -39,11 +43,21 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use log::info;
+use std::time::Duration;
+
+use log::{debug, info, warn};
 use tokio::sync::watch;
 
-use crate::model::{Capabilities, CurrentState, RemoteInfo};
-use crate::ports::store::{Store, StoreError};
+use crate::model::device::Device;
+use crate::model::{Capabilities, CurrentState, DeviceState, RemoteInfo, UpdateStatus};
+use crate::ports::store::{Durability, Store, StoreError};
+use crate::ErrorChain;
+
+/// Store key of the last current state: `{"device": <the /v3/device document>, "model": <the
+/// planner's Device>}`.
+pub const CURRENT_KEY: &str = "current";
+/// How long [`StateBus::persist`] lets a burst of changes (the steps of an apply) settle.
+const PERSIST_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Where a target came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +185,84 @@ impl StateBus {
     pub fn get(&self) -> Arc<CurrentState> {
         self.tx.borrow().clone()
     }
+
+    /// The current state an earlier process stored, as a document marked `unconfirmed` (its
+    /// uuid replaced by `uuid`) and the planner's model. None when nothing is stored; a stored
+    /// value that cannot be read is logged and ignored (the engine is read anyway).
+    pub fn restore(store: &Store, uuid: &str) -> Option<(DeviceState, Device)> {
+        let value = match store.get_json(CURRENT_KEY) {
+            Ok(v) => v?,
+            Err(e) => {
+                warn!(error:% = ErrorChain(&e), decision = "ignore",
+                    reason = "the engine is read before anything is decided"; "Stored current state not read");
+                return None;
+            }
+        };
+        let parsed = serde_json::from_value::<StoredCurrent>(value);
+        match parsed {
+            Ok(StoredCurrent { mut device, model }) => {
+                device.uuid = uuid.to_string();
+                device.unconfirmed = true;
+                info!(apps = device.apps.len(), decision = "restore",
+                    reason = "answer with the last known state until the engine is read"; "Stored current state restored");
+                Some((device, model))
+            }
+            Err(e) => {
+                warn!(error:% = e, decision = "ignore",
+                    reason = "the engine is read before anything is decided"; "Stored current state not read");
+                None
+            }
+        }
+    }
+
+    /// Keeps the store's copy of the current state up to date until the bus is dropped: after
+    /// each change (and [`PERSIST_DEBOUNCE`] for the burst to settle) the state confirmed by
+    /// the engine is written, lazily while an apply runs, flushed once it settled. The store
+    /// writes nothing when the bytes are unchanged.
+    pub async fn persist(self, store: Store) {
+        let mut rx = self.subscribe();
+        drop(self);
+        while rx.changed().await.is_ok() {
+            tokio::time::sleep(PERSIST_DEBOUNCE).await;
+            let cur = rx.borrow_and_update().clone();
+            if cur.device.unconfirmed {
+                continue;
+            }
+            let stored = StoredCurrentRef {
+                device: &cur.device,
+                model: &cur.model,
+            };
+            let value = match serde_json::to_value(&stored) {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error:% = e, decision = "skip", reason = "not serializable";
+                        "Current state not stored");
+                    continue;
+                }
+            };
+            let durability = match cur.status {
+                UpdateStatus::ApplyingChanges => Durability::Lazy,
+                _ => Durability::Flush,
+            };
+            match store.put_json(CURRENT_KEY, &value, durability) {
+                Ok(()) => debug!(status:% = cur.status, decision = "store"; "Current state stored"),
+                Err(e) => warn!(error:% = ErrorChain(&e), decision = "continue",
+                    reason = "the engine is read at the next start anyway"; "Current state not stored"),
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StoredCurrent {
+    device: DeviceState,
+    model: Device,
+}
+
+#[derive(serde::Serialize)]
+struct StoredCurrentRef<'a> {
+    device: &'a DeviceState,
+    model: &'a Device,
 }
 
 /// A latest-value-wins bus of small shared facts; each part is written by the actor that owns it.

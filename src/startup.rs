@@ -92,14 +92,21 @@ pub async fn run(
         Some(_) => UpdateStatus::ApplyingChanges,
         None => UpdateStatus::Done,
     };
-    let state = StateBus::new(CurrentState {
-        status,
-        device: DeviceState {
+    // What an earlier process last knew, unconfirmed until Seek reads the engine.
+    let (device, model) = StateBus::restore(&store, &config.uuid).unwrap_or_else(|| {
+        let device = DeviceState {
             uuid: config.uuid.clone(),
             ..Default::default()
-        },
+        };
+        (device, Default::default())
+    });
+    let state = StateBus::new(CurrentState {
+        status,
+        device,
+        model,
         ..Default::default()
     });
+    actix::spawn(state.clone().persist(store.clone()));
 
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<Fatal>();
     let restarts = |actor| Restarts::new(actor, config.supervision.clone(), fatal_tx.clone());

@@ -50,6 +50,10 @@ pub struct DeviceState {
     pub apps: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<serde_json::Value>,
+    /// The document an earlier process stored, not yet confirmed by reading the engine in this
+    /// one (`"unconfirmed": true`; absent once Seek has read the engine).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed: bool,
 }
 
 /// What the current-state bus carries: the device as last read or changed (as a document and

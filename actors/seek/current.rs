@@ -336,5 +336,6 @@ pub fn render(
         images,
         apps,
         host: None,
+        unconfirmed: false,
     }
 }

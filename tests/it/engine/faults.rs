@@ -393,6 +393,59 @@ async fn an_engine_lost_mid_apply_is_waited_for_and_the_apply_converges() {
     empty_engine(&d).await;
 }
 
+/// helios dies (SIGKILL) on target, and starts again while the engine is away: `/v3/device`
+/// answers at once with the apps it last knew, marked `unconfirmed`, and drops the mark once
+/// the engine is back and has been read.
+#[tokio::test]
+async fn the_last_current_state_answers_at_once_after_a_crash_until_the_engine_confirms_it() {
+    let Some(infra) = infra("engine::faults") else {
+        return;
+    };
+    let d = docker(infra).await;
+    empty_engine(&d).await;
+    let home = tempfile::tempdir().unwrap();
+    let upstream = infra.docker_host.trim_start_matches("unix://").to_string();
+    let sock = home.path().join("engine.sock");
+    let relay = Relay::start(&sock, upstream.as_ref());
+    let opts =
+        || AgentOpts::new(home.path()).env("DOCKER_HOST", format!("unix://{}", sock.display()));
+    let mut agent = Agent::start(opts());
+    assert_eq!(post_local(&agent, &infra.image_a, "rel-1").status, 202);
+    wait_converged(&agent, "rel-1");
+    let before = agent.get("/v3/device").json();
+    assert!(before.get("unconfirmed").is_none(), "{before}");
+    // The state is stored a second after it settles.
+    std::thread::sleep(Duration::from_secs(3));
+    agent.signal(libc::SIGKILL);
+    agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("helios died");
+    drop(agent);
+
+    relay.cut();
+    let agent = Agent::start(opts());
+    let dev = agent.get("/v3/device").json();
+    assert_eq!(dev["unconfirmed"], true, "{dev}");
+    let services = &dev["apps"][APP]["releases"]["rel-1"]["services"];
+    assert_eq!(services["a"]["oci"]["status"], "running", "{dev}");
+    assert_eq!(services["b"]["oci"]["status"], "running", "{dev}");
+    assert!(agent.logs().iter().any(|l| l.contains("decision=restore")));
+
+    let _back = Relay::start(&sock, upstream.as_ref());
+    let confirmed = eventually(Duration::from_secs(60), || {
+        let dev = agent.get("/v3/device").json();
+        dev.get("unconfirmed").is_none().then_some(dev)
+    })
+    .expect("the mark goes once the engine is read");
+    assert_eq!(
+        confirmed["apps"][APP]["releases"]["rel-1"]["services"]["a"]["oci"]["status"],
+        "running"
+    );
+    wait_converged(&agent, "rel-1");
+    drop(agent);
+    empty_engine(&d).await;
+}
+
 /// The registry connection drops halfway through a layer: the pull fails (after the engine's
 /// own retries), the half-pulled image is not reported present, helios retries without giving
 /// the release up, and the pull succeeds once the connection holds.
