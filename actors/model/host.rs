@@ -6,7 +6,44 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::host::OsVersion;
+/// The host OS as configured: `"<name> <version>[@<build>]"` (spec/helios-api-v3.md §2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsVersion {
+    pub name: String,
+    pub version: String,
+    pub build: Option<String>,
+}
+
+impl OsVersion {
+    pub fn parse(v: &str) -> Result<OsVersion, String> {
+        let v = v.trim();
+        let (name, rest) = v
+            .rsplit_once(' ')
+            .ok_or_else(|| "expected \"<name> <version>[@<build>]\"".to_string())?;
+        let (version, build) = match rest.split_once('@') {
+            Some((ver, b)) => (ver, Some(b)),
+            None => (rest, None),
+        };
+        if name.trim().is_empty() || version.is_empty() || build.is_some_and(str::is_empty) {
+            return Err("expected \"<name> <version>[@<build>]\"".into());
+        }
+        Ok(OsVersion {
+            name: name.trim().to_string(),
+            version: version.to_string(),
+            build: build.map(str::to_string),
+        })
+    }
+}
+
+impl std::fmt::Display for OsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.name, self.version)?;
+        if let Some(b) = &self.build {
+            write!(f, "@{b}")?;
+        }
+        Ok(())
+    }
+}
 
 /// Key of the remote target's host part in the target document on the TargetBus (and in the
 /// store). Absent: a local target (the host part follows the current state). `null`: a remote

@@ -217,7 +217,7 @@ mod tests {
             status,
             seq,
             host: host.map(|(seq, phase)| HostState {
-                meta: crate::host::OsVersion::parse("balenaOS 6.0@b").unwrap(),
+                meta: crate::model::host::OsVersion::parse("balenaOS 6.0@b").unwrap(),
                 releases: Default::default(),
                 seq,
                 phase,

@@ -41,12 +41,12 @@ use bollard::models::{
     RestartPolicy as EngineRestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 
-use crate::host::OsVersion;
 use crate::model::compose::{
     Ipam, IpamPool, Mount, NetworkAttachment, NetworkConfig, RestartPolicy, RestartPolicyName,
     ServiceConfig, VolumeConfig,
 };
 use crate::model::device::{container_name, scoped_name, Container};
+use crate::model::host::OsVersion;
 
 pub const SUPERVISED_LABEL: &str = "io.balena.supervised";
 const LEGACY_SUPERVISED_LABEL: &str = "io.resin.supervised";

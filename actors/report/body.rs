@@ -348,7 +348,7 @@ mod tests {
             install_attempts: 0,
         };
         let host = HostState {
-            meta: crate::host::OsVersion::parse("balenaOS 6.0@b1").unwrap(),
+            meta: crate::model::host::OsVersion::parse("balenaOS 6.0@b1").unwrap(),
             releases: [
                 ("old".to_string(), rel("b1", HostStatus::Running)),
                 ("new".to_string(), rel("b2", HostStatus::Installed)),

@@ -81,9 +81,9 @@ use mahler::worker::{Uninitialized, Worker, WorkerEvent, WorkflowStatus};
 use tokio_stream::wrappers::WatchStream;
 
 use crate::bus::{CapsBus, StateBus, TargetBus, TargetRequest};
-use crate::host::OsVersion;
 use crate::metrics::{ApplyResult, METRICS};
 use crate::model::device::{Device, DeviceTarget};
+use crate::model::host::OsVersion;
 use crate::model::{EngineInfo, UpdateStatus};
 use crate::ports::engine::{Engine, EngineError, EngineSettings};
 use crate::ports::locks::Locks;

@@ -47,12 +47,12 @@ use mahler::job::{create, delete, none, update};
 use mahler::task::{enforce, with_io, Handler, Task, IO};
 use mahler::worker::{Uninitialized, Worker};
 
-use crate::host::OsVersion;
 use crate::model::compose::{Condition, UpdateStrategy};
 use crate::model::device::{
     container_name, scoped_name, App, AppTarget, Device, DeviceTarget, Image, Network, Release,
     Service, ServiceTarget, Volume,
 };
+use crate::model::host::OsVersion;
 use crate::ports::engine::{Engine, EngineError};
 use crate::ports::locks::{LockError, Locks};
 use crate::ports::oci;

@@ -104,3 +104,88 @@ fn the_code_map_names_every_source_file_and_nothing_else() {
         "ARCHITECTURE.md's code map names what is not in the tree: {stale:?}"
     );
 }
+
+/// The crate-level modules each layer of helios-actors may not import (issue: layers without
+/// cycles): the model depends on nothing of the actors, the ports only on the model.
+const FORBIDDEN: [(&str, &[&str]); 2] = [
+    (
+        "actors/model",
+        &[
+            "bus",
+            "host",
+            "metrics",
+            "poll",
+            "ports",
+            "proxy",
+            "report",
+            "seek",
+            "supervise",
+        ],
+    ),
+    (
+        "actors/ports",
+        &[
+            "bus",
+            "host",
+            "metrics",
+            "poll",
+            "proxy",
+            "report",
+            "seek",
+            "supervise",
+        ],
+    ),
+];
+
+/// The first path segments after every `crate::` in `text` (`crate::{a, b::c}` gives a and b).
+fn crate_imports(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    for (i, _) in text.match_indices("crate::") {
+        let rest = &text[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            for item in group.split(',') {
+                out.push(item.trim().split("::").next().unwrap_or("").to_string());
+            }
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            out.push(rest[..end].to_string());
+        }
+    }
+    out
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_model_and_the_ports_import_no_layer_above_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut wrong = vec![];
+    for (dir, forbidden) in FORBIDDEN {
+        let mut files = vec![];
+        rust_files(&root.join(dir), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for module in crate_imports(&text) {
+                if forbidden.contains(&module.as_str()) {
+                    wrong.push(format!(
+                        "{} imports crate::{module}",
+                        file.strip_prefix(root).unwrap().display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "imports that run back up: {wrong:#?}");
+}
