@@ -4,9 +4,11 @@
 //! persists the target in the store (flushed) before anyone sees it, so an acknowledged target
 //! survives a crash. The current-state bus is written by SeekActor and read by the API and
 //! ReportActor. Both are latest-value-wins (`tokio::sync::watch`): a slow reader skips to the
-//! newest value, which is what every reader wants.
+//! newest value, which is what every reader wants. Publishes are serialised, and
+//! [`TargetBus::publish_edit`] builds a target from the latest one with no publish in between
+//! (two concurrent local edits both land).
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::info;
 use tokio::sync::watch;
@@ -53,6 +55,8 @@ pub struct TargetBus {
     tx: Arc<watch::Sender<Option<Arc<TargetRequest>>>>,
     store: Store,
     seq: Arc<AtomicU64>,
+    /// Held from reading the base of an edit (or storing a target) to publishing it.
+    writes: Arc<Mutex<()>>,
 }
 
 impl TargetBus {
@@ -74,11 +78,44 @@ impl TargetBus {
             tx: Arc::new(tx),
             store,
             seq,
+            writes: Arc::new(Mutex::new(())),
         })
     }
 
     /// Persists the target (flushed) and then publishes it. An error means nothing was published.
     pub fn publish(
+        &self,
+        target: serde_json::Value,
+        etag: Option<&str>,
+        source: TargetSource,
+        force: bool,
+        cancel: bool,
+    ) -> Result<Arc<TargetRequest>, StoreError> {
+        let _writing = self.lock_writes();
+        self.store_and_send(target, etag, source, force, cancel)
+    }
+
+    /// Builds the next target from the latest one (None before any) and publishes it, with no
+    /// other publish in between: concurrent edits are applied one after the other, none lost.
+    /// An error from `edit` or the store means nothing was published.
+    pub fn publish_edit<E: From<StoreError>>(
+        &self,
+        source: TargetSource,
+        force: bool,
+        cancel: bool,
+        edit: impl FnOnce(Option<&TargetRequest>) -> Result<serde_json::Value, E>,
+    ) -> Result<Arc<TargetRequest>, E> {
+        let _writing = self.lock_writes();
+        let target = edit(self.latest().as_deref())?;
+        Ok(self.store_and_send(target, None, source, force, cancel)?)
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic while holding it leaves nothing half-changed.
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store_and_send(
         &self,
         target: serde_json::Value,
         etag: Option<&str>,
