@@ -511,7 +511,7 @@ fn browsers_cannot_reach_the_api_by_rebinding_or_cross_site() {
             Some(("application/json", hello)),
         );
         assert_eq!(r.status, 403, "{k}: {v}");
-        let r = req("POST", "/v1/update", &[(k, v)], None);
+        let r = req("POST", "/v1/update", &[(k, v), ("Content-Length", "0")], None);
         assert_eq!(r.status, 403, "{k}: {v}");
     }
     let same = format!("http://127.0.0.1:{port}");
@@ -538,7 +538,8 @@ fn browsers_cannot_reach_the_api_by_rebinding_or_cross_site() {
     assert!(!agent.logs().iter().any(|l| l.contains("decision=reapply")));
 
     // An empty POST needs no content type; JSON passes.
-    assert_eq!(req("POST", "/v1/update", &[], None).status, 202);
+    let empty = [("Content-Length", "0")];
+    assert_eq!(req("POST", "/v1/update", &empty, None).status, 202);
     let r = req(
         "POST",
         "/v3/device/apps/app1",
