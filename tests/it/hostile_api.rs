@@ -511,7 +511,12 @@ fn browsers_cannot_reach_the_api_by_rebinding_or_cross_site() {
             Some(("application/json", hello)),
         );
         assert_eq!(r.status, 403, "{k}: {v}");
-        let r = req("POST", "/v1/update", &[(k, v), ("Content-Length", "0")], None);
+        let r = req(
+            "POST",
+            "/v1/update",
+            &[(k, v), ("Content-Length", "0")],
+            None,
+        );
         assert_eq!(r.status, 403, "{k}: {v}");
     }
     let same = format!("http://127.0.0.1:{port}");

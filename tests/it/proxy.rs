@@ -342,7 +342,8 @@ fn streams_50_mb_both_ways_with_bounded_memory() {
         agent.addr,
         "POST",
         "/upload",
-        &[("Content-Type", "application/octet-stream")],
+        // The browser guard takes only JSON bodies on TCP; the proxy streams them unparsed.
+        &[("Content-Type", "application/json")],
         Some((N, &pattern_byte)),
     );
     assert_eq!(up.status, 200, "{up:?}");
