@@ -8,7 +8,9 @@
 //! - **TargetBus** ([`TargetBus`]): the target the device must reach, written by the API
 //!   (`POST`/`DELETE /v3/device/apps/..`) and PollActor, read by SeekActor and HostActor.
 //!   Persisted (flushed) before it is published; primed from the store at start, so Seek
-//!   resumes an acknowledged target after a crash. A remote target carries its host part under
+//!   resumes an acknowledged target after a crash. Publishes are serialised, and
+//!   [`TargetBus::publish_edit`] builds a target from the latest one with no publish in
+//!   between (two concurrent local edits both land). A remote target carries its host part under
 //!   the key `hostapp` (model/host.rs), which the planner ignores and HostActor seeks.
 //! - **StateBus** ([`StateBus`]): the current state as the planner's `Device` model and as the
 //!   `/v3/device` document, the apply status and its target sequence number, written by
@@ -41,7 +43,7 @@
 //! - **ForeignApps** (`proxy::ForeignApps`, proxy mode): the apps SeekActor found on the engine
 //!   but did not create, written after each engine read, read by PollActor's target split.
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
@@ -98,6 +100,8 @@ pub struct TargetBus {
     tx: Arc<watch::Sender<Option<Arc<TargetRequest>>>>,
     store: Store,
     seq: Arc<AtomicU64>,
+    /// Held from reading the base of an edit (or storing a target) to publishing it.
+    writes: Arc<Mutex<()>>,
 }
 
 impl TargetBus {
@@ -119,11 +123,44 @@ impl TargetBus {
             tx: Arc::new(tx),
             store,
             seq,
+            writes: Arc::new(Mutex::new(())),
         })
     }
 
     /// Persists the target (flushed) and then publishes it. An error means nothing was published.
     pub fn publish(
+        &self,
+        target: serde_json::Value,
+        etag: Option<&str>,
+        source: TargetSource,
+        force: bool,
+        cancel: bool,
+    ) -> Result<Arc<TargetRequest>, StoreError> {
+        let _writing = self.lock_writes();
+        self.store_and_send(target, etag, source, force, cancel)
+    }
+
+    /// Builds the next target from the latest one (None before any) and publishes it, with no
+    /// other publish in between: concurrent edits are applied one after the other, none lost.
+    /// An error from `edit` or the store means nothing was published.
+    pub fn publish_edit<E: From<StoreError>>(
+        &self,
+        source: TargetSource,
+        force: bool,
+        cancel: bool,
+        edit: impl FnOnce(Option<&TargetRequest>) -> Result<serde_json::Value, E>,
+    ) -> Result<Arc<TargetRequest>, E> {
+        let _writing = self.lock_writes();
+        let target = edit(self.latest().as_deref())?;
+        Ok(self.store_and_send(target, None, source, force, cancel)?)
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic while holding it leaves nothing half-changed.
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store_and_send(
         &self,
         target: serde_json::Value,
         etag: Option<&str>,

@@ -32,6 +32,10 @@ pub enum Command {
     Takeover(TakeoverArgs),
     /// Remove both overrides from the legacy supervisor and restart it: plain legacy operation.
     Untakeover,
+    /// Print the global device API key (generated and saved to the config file if there is
+    /// none yet, so it is the key the agent uses): what TCP clients of the local API present as
+    /// `Authorization: Bearer <key>`.
+    ApiKey,
 }
 
 #[derive(Debug, Default, Args)]
@@ -68,6 +72,12 @@ pub struct Flags {
     /// several [env: HELIOS_LOCAL_API_ADDRESS, comma-separated] [default: 127.0.0.1:48484]
     #[arg(long, global = true, value_name = "ADDR")]
     pub local_api_address: Vec<String>,
+
+    /// A name the local API's TCP listener may be addressed by (Host, Origin) besides IP
+    /// addresses and localhost; repeat for several [env: HELIOS_LOCAL_API_ALLOWED_HOSTS,
+    /// comma-separated] [default: the hostname and the short uuid, each also with .local]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub local_api_allowed_host: Vec<String>,
 
     /// Remote (balenaCloud/openBalena) API endpoint [env: HELIOS_REMOTE_API_ENDPOINT, BALENA_API_URL]
     #[arg(long, global = true, value_name = "URI")]

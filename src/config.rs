@@ -65,7 +65,7 @@ macro_rules! layer_struct {
 
 layer_struct!(
     /// `[api]`: the local HTTP API.
-    ApiLayer { listen: Vec<String>, device_api_key: String, workers: usize, max_body_bytes: usize }
+    ApiLayer { listen: Vec<String>, device_api_key: String, allowed_hosts: Vec<String>, workers: usize, max_body_bytes: usize }
 );
 layer_struct!(
     /// `[remote]`: the balena API.
@@ -159,6 +159,7 @@ impl Layer {
             api: ApiLayer {
                 listen: None,
                 device_api_key: None,
+                allowed_hosts: None,
                 workers: Some(1),
                 max_body_bytes: Some(1 << 20),
             },
@@ -243,6 +244,8 @@ pub fn flags_layer(f: &Flags) -> Layer {
         api: ApiLayer {
             listen: (!f.local_api_address.is_empty()).then(|| f.local_api_address.clone()),
             device_api_key: f.device_api_key.clone(),
+            allowed_hosts: (!f.local_api_allowed_host.is_empty())
+                .then(|| f.local_api_allowed_host.clone()),
             ..Default::default()
         },
         remote: RemoteLayer {
@@ -320,6 +323,12 @@ pub fn env_layer(env: &Env) -> Result<Layer, ConfigError> {
             listen: env_str(env, "HELIOS_LOCAL_API_ADDRESS")
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
             device_api_key: env_str(env, "HELIOS_DEVICE_API_KEY"),
+            allowed_hosts: env_str(env, "HELIOS_LOCAL_API_ALLOWED_HOSTS").map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }),
             ..Default::default()
         },
         remote: RemoteLayer {
@@ -501,6 +510,9 @@ pub struct Config {
     pub api_max_body_bytes: usize,
     /// The global device API key (`Debug` prints `<redacted>`).
     pub device_api_key: Option<helios_actors::Secret>,
+    /// Names the TCP listener may be addressed by besides IP literals and `localhost`; None:
+    /// the defaults (`api::guard::AllowedHosts::new`).
+    pub api_allowed_hosts: Option<Vec<String>>,
     pub remote: RemoteMode,
     pub legacy: Option<Legacy>,
     pub host: helios_actors::host::HostSettings,
@@ -818,6 +830,7 @@ fn build(
             l.api.device_api_key,
         )?
         .map(helios_actors::Secret::new),
+        api_allowed_hosts: l.api.allowed_hosts,
         remote,
         legacy,
         host,

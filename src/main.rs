@@ -32,6 +32,19 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
+        Some(Command::ApiKey) => {
+            use helios::startup::GlobalKey;
+            return match helios::startup::global_device_api_key(&config) {
+                GlobalKey::Configured(k) | GlobalKey::Generated(k) => {
+                    println!("{}", k.expose());
+                    std::process::ExitCode::SUCCESS
+                }
+                GlobalKey::Unsaved(_, e) => {
+                    eprintln!("error: the device API key cannot be saved: {e}");
+                    ExitCode::Startup.into()
+                }
+            };
+        }
         Some(Command::Takeover(args)) => system.block_on(takeover::run_logged(
             &takeover::settings(&config, args),
             takeover::Mode::Take,

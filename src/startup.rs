@@ -287,6 +287,10 @@ pub async fn run(
             max_report_bytes: config.api_max_body_bytes,
             extra_ca: config.extra_ca.clone(),
         }),
+        allowed_hosts: api::guard::AllowedHosts::new(
+            config.api_allowed_hosts.as_deref(),
+            &config.uuid,
+        ),
     };
     let _actors = (seek, poll, report, proxy, host);
     // A TCP port in the ephemeral range (48484 is) can be held for a moment by a client
@@ -416,24 +420,24 @@ fn persist_generated(config: &Config) {
     }
 }
 
-/// The device API keys (spec/device-api.md §2): required when the device is managed (a remote
-/// is configured) or a key is configured. Without a configured key, a managed device generates
-/// one and saves it to the config file; an unmanaged one has no global key (and takes none).
+/// The device API keys (spec/device-api.md §2). There is always a global key: configured, or
+/// generated at the first start and saved to the config file (managed or not), so that the
+/// API's TCP listener, which always requires a key, can be used (`helios api-key` prints it).
+/// On the unix socket keys are required only when managed (a remote is configured).
 fn device_api_keys(config: &Config, store: &Store) -> Result<ApiKeys, StoreError> {
     let managed = !matches!(config.remote, RemoteMode::Unmanaged);
-    let global = match &config.device_api_key {
-        Some(k) => Some(k.clone()),
-        None if managed => {
-            let k = Secret::new(helios_actors::random_hex32());
-            match save_device_api_key(&config.config_path, &k) {
-                Ok(()) => info!(path:% = config.config_path.display(), decision = "persist",
-                    reason = "device API key generated"; "Device API key saved"),
-                Err(e) => warn!(error:% = e, decision = "continue",
-                    reason = "a new key is generated at the next start"; "Device API key not saved"),
-            }
-            Some(k)
+    let global = match global_device_api_key(config) {
+        GlobalKey::Configured(k) => k,
+        GlobalKey::Generated(k) => {
+            info!(path:% = config.config_path.display(), decision = "persist",
+                reason = "device API key generated"; "Device API key saved");
+            k
         }
-        None => None,
+        GlobalKey::Unsaved(k, e) => {
+            warn!(error:% = e, decision = "continue",
+                reason = "a new key is generated at the next start"; "Device API key not saved");
+            k
+        }
     };
     let path = config.config_path.clone();
     let save: GlobalKeySink = Arc::new(move |k: &Secret| {
@@ -442,12 +446,30 @@ fn device_api_keys(config: &Config, store: &Store) -> Result<ApiKeys, StoreError
             "Device API key saved");
         Ok(())
     });
-    ApiKeys::open(
-        store.clone(),
-        global,
-        managed || config.device_api_key.is_some(),
-        save,
-    )
+    ApiKeys::open(store.clone(), Some(global), managed, save)
+}
+
+/// Where the global device API key comes from.
+pub enum GlobalKey {
+    /// `api.device_api_key`, `--device-api-key` or `HELIOS_DEVICE_API_KEY`.
+    Configured(Secret),
+    /// Generated now and saved to the config file.
+    Generated(Secret),
+    /// Generated now but not saved: it lasts until the process exits.
+    Unsaved(Secret, config::ConfigError),
+}
+
+/// The global device API key of this configuration, generated and saved to the config file
+/// (mode 0600) when there is none yet. Used by the daemon and by `helios api-key`.
+pub fn global_device_api_key(config: &Config) -> GlobalKey {
+    if let Some(k) = &config.device_api_key {
+        return GlobalKey::Configured(k.clone());
+    }
+    let k = Secret::new(helios_actors::random_hex32());
+    match save_device_api_key(&config.config_path, &k) {
+        Ok(()) => GlobalKey::Generated(k),
+        Err(e) => GlobalKey::Unsaved(k, e),
+    }
 }
 
 /// Writes the global device API key to the config file (`api.device_api_key`, mode 0600). A key

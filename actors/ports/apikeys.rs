@@ -49,6 +49,15 @@ pub enum Scope {
     App(u32),
 }
 
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Global => f.write_str("global"),
+            Scope::App(id) => write!(f, "app:{id}"),
+        }
+    }
+}
+
 /// Saves a new global key where the configuration keeps it (the config file); told before the
 /// key is used, so a key that could not be saved never replaces the old one.
 pub type GlobalKeySink = Arc<dyn Fn(&Secret) -> Result<(), String> + Send + Sync>;
@@ -136,10 +145,11 @@ impl ApiKeys {
         }
     }
 
-    /// The keys of this device: `global` as configured (None: no global key, e.g. unmanaged
-    /// without one), the service keys from the store. `required`: requests must present a key
-    /// (spec §2.1). An unreadable key record is logged and replaced by the next key created;
-    /// a store that cannot be read is an error.
+    /// The keys of this device: `global` as configured or generated (`src/startup.rs`), the
+    /// service keys from the store. `required`: requests on the unix socket must present a key
+    /// (spec §2.1: when managed); on TCP the API always requires one (`src/api/auth.rs`). An
+    /// unreadable key record is logged and replaced by the next key created; a store that
+    /// cannot be read is an error.
     pub fn open(
         store: Store,
         global: Option<Secret>,
@@ -180,7 +190,8 @@ impl ApiKeys {
         })
     }
 
-    /// Whether requests must present a key (spec §2.1: not when unmanaged without a key).
+    /// Whether requests on the unix socket must present a key (spec §2.1: when managed). On
+    /// TCP the API requires one regardless (`src/api/auth.rs`).
     pub fn required(&self) -> bool {
         self.inner.required
     }

@@ -1,17 +1,23 @@
-//! Device API authentication (spec/device-api.md §2): the `apikey` query parameter or an
-//! `Authorization: Bearer|ApiKey <key>` header, resolved to a scope by the [`Caller`] extractor,
-//! and `POST /v1/regenerate-api-key`. `/ping`, `/v1/healthy` and `/v3/*` take no key; neither
-//! does anything when keys are not required (unmanaged without a configured key).
+//! Who may call the local API (spec/device-api.md §2, README "Local API"). The listener is the
+//! first gate: actix-web has no peer address for a unix-socket connection, whose 0660 file mode
+//! already decides who may connect; anything on TCP must present a key.
+//! * `/ping`, `/v1/healthy`, `/v3/status`: no key ever (healthchecks).
+//! * `/v3/*` and `/metrics` ([`require_global`], wrapped around those routes): the global key
+//!   on TCP (a service-scoped key gets 403), nothing on the socket.
+//! * `/v1`, `/v2` and unknown paths ([`Caller`]): a valid key on TCP, also unmanaged (a
+//!   deliberate difference from spec §2.1); on the socket only when managed (spec §2.1).
 //!
-//! Keys are required when the device is managed or a key is configured (an unmanaged device
-//! without a key takes none: our reading of device-api.md §2.1 for a device that has no
-//! cloud). The presented key is compared in constant time with every key
-//! (`ports/apikeys.rs`) and gives its scope: the global key every app, a service key
-//! (`io.balena.features.supervisor-api`) only its own app, plus the device-wide endpoints.
+//! The key is the `apikey` query parameter or an `Authorization: Bearer|ApiKey <key>` header,
+//! compared in constant time with every key (`ports/apikeys.rs`); it gives its scope: the global
+//! key every app, a service key (`io.balena.features.supervisor-api`) only its own app, plus the
+//! device-wide endpoints. Also here: `POST /v1/regenerate-api-key`.
 use std::future::{ready, Ready};
 
-use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
-use log::warn;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use log::{info, warn};
 
 use helios_actors::ports::apikeys::Scope;
 use helios_actors::ErrorChain;
@@ -19,8 +25,8 @@ use helios_actors::ErrorChain;
 use super::error::ApiError;
 use super::ApiState;
 
-/// The authenticated caller of a `/v1` or `/v2` route. Without required keys every caller has
-/// the global scope.
+/// The authenticated caller of a `/v1` or `/v2` route. Where no key is required (the unix
+/// socket of an unmanaged device) every caller has the global scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pub scope: Scope,
@@ -34,6 +40,17 @@ impl Caller {
             Scope::App(a) => a == app_id,
         }
     }
+
+    /// Whether the caller may take user update locks by force from a device-wide trigger
+    /// (`POST /v1/update`): the global key, or the socket where no key is required.
+    pub fn may_force(&self) -> bool {
+        self.scope == Scope::Global
+    }
+}
+
+/// Whether the request came in on a unix socket (actix-web gives it no peer address).
+pub fn on_socket(req: &HttpRequest) -> bool {
+    req.peer_addr().is_none()
 }
 
 /// The key presented with the request, if any: the `apikey` query parameter (exactly this
@@ -54,25 +71,62 @@ pub fn presented_key(req: &HttpRequest) -> Option<String> {
     (ok_scheme && ok_key).then(|| key.to_string())
 }
 
+/// The caller of a device API route, or 401 (logged with the path, never the query).
+pub fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let Some(state) = req.app_data::<web::Data<ApiState>>() else {
+        return Err(ApiError::Unavailable("API state missing".into()));
+    };
+    if on_socket(req) && !state.keys.required() {
+        return Ok(Caller {
+            scope: Scope::Global,
+        });
+    }
+    match presented_key(req).and_then(|k| state.keys.lookup(&k)) {
+        Some(scope) => Ok(Caller { scope }),
+        None => {
+            info!(path:% = req.path(), socket = on_socket(req), decision = "refuse",
+                reason = "no valid API key"; "Request refused");
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Ready<Result<Caller, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(state) = req.app_data::<web::Data<ApiState>>() else {
-            return ready(Err(ApiError::Unavailable("API state missing".into())));
-        };
-        if !state.keys.required() {
-            return ready(Ok(Caller {
+        ready(caller(req))
+    }
+}
+
+/// Middleware around `/v3` and `/metrics`: on TCP only the global key passes (no or an unknown
+/// key: 401; a service-scoped key: 403); on the unix socket no key is needed.
+pub async fn require_global(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let refused = if on_socket(req.request()) {
+        None
+    } else {
+        match caller(req.request()) {
+            Ok(Caller {
                 scope: Scope::Global,
-            }));
+            }) => None,
+            Ok(Caller { scope }) => {
+                info!(path:% = req.path(), scope:% = scope, decision = "refuse",
+                    reason = "needs the global API key"; "Request refused");
+                Some(ApiError::Text {
+                    status: 403,
+                    message: "Forbidden: this endpoint needs the device's global API key".into(),
+                })
+            }
+            Err(e) => Some(e),
         }
-        let scope = presented_key(req).and_then(|k| state.keys.lookup(&k));
-        ready(
-            scope
-                .map(|scope| Caller { scope })
-                .ok_or(ApiError::Unauthorized),
-        )
+    };
+    match refused {
+        Some(e) => Ok(req.into_response(e.error_response()).map_into_right_body()),
+        None => Ok(next.call(req).await?.map_into_left_body()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition format 0.0.4 (which neither the legacy supervisor
 //! nor upstream helios offers). Counters come from `helios_actors::metrics`; release, status,
-//! RSS and store size are read when asked. Unauthenticated like `/ping` and `/v3`: it names
-//! app and release uuids, never a key.
+//! RSS and store size are read when asked. Like `/v3`, it needs the global key on TCP and none on
+//! the unix socket (`auth::require_global`); it names app and release uuids, never a key.
 //!
 //! Two sources: the counters of the process-wide registry (`helios_actors::metrics`, bumped
 //! beside the decision lines that log the same events), and gauges read at request time: the

@@ -3,6 +3,7 @@
 pub mod actions;
 pub mod auth;
 pub mod error;
+pub mod guard;
 pub mod host;
 pub mod limits;
 pub mod metrics;
@@ -62,6 +63,8 @@ pub struct ApiState {
     /// Present in front of a legacy supervisor: the device API is its, requests helios does
     /// not answer itself are proxied (api/proxy.rs).
     pub proxy: Option<proxy::ProxyState>,
+    /// The names besides IP literals and `localhost` the TCP listener may be addressed by.
+    pub allowed_hosts: guard::AllowedHosts,
 }
 
 /// Every route: helios's own and the supervisor device API.
@@ -75,22 +78,33 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The routes helios answers even in front of a legacy supervisor (spec/helios-proxy.md §5).
+/// `/v3` (but `/v3/status`, registered first) and `/metrics` need the global key on TCP
+/// ([`auth::require_global`] around them, unknown `/v3` paths included).
 pub fn own_routes(cfg: &mut web::ServiceConfig) {
+    let global = || actix_web::middleware::from_fn(auth::require_global);
     cfg.route("/ping", web::get().to(v3::ping))
-        .route("/metrics", web::get().to(metrics::metrics))
         .route("/v3/status", web::get().to(v3::status))
-        .route("/v3/version", web::get().to(v3::version))
-        .route("/v3/capabilities", web::get().to(v3::capabilities))
-        .route("/v3/device", web::get().to(v3::device))
-        .route("/v3/device/apps/{uuid}", web::get().to(v3::device_app))
-        .route("/v3/device/apps/{uuid}", web::post().to(v3::post_app))
-        .route("/v3/device/apps/{uuid}", web::delete().to(v3::delete_app))
-        .route("/v3/device/apps/{uuid}/plan", web::post().to(v3::plan_app))
+        .service(
+            web::resource("/metrics")
+                .wrap(global())
+                .route(web::get().to(metrics::metrics)),
+        )
+        .service(
+            web::scope("/v3")
+                .wrap(global())
+                .route("/version", web::get().to(v3::version))
+                .route("/capabilities", web::get().to(v3::capabilities))
+                .route("/device", web::get().to(v3::device))
+                .route("/device/apps/{uuid}", web::get().to(v3::device_app))
+                .route("/device/apps/{uuid}", web::post().to(v3::post_app))
+                .route("/device/apps/{uuid}", web::delete().to(v3::delete_app))
+                .route("/device/apps/{uuid}/plan", web::post().to(v3::plan_app)),
+        )
         .route("/v1/update", web::post().to(v3::v1_update));
 }
 
 /// Unknown paths: 404, but the device API authenticates first (spec/device-api.md §1), so
-/// without a valid key outside `/v3` the answer is 401.
+/// without a valid key outside `/v3` the answer is 401 (`/v3` checked its key already).
 async fn unknown_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
     use actix_web::FromRequest;
     if !req.path().starts_with("/v3/") {
@@ -170,7 +184,8 @@ pub fn bind(
             .app_data(clock.clone())
             .app_data(web::JsonConfig::default().limit(max_body_bytes))
             .app_data(web::PayloadConfig::default().limit(max_body_bytes))
-            .wrap(actix_web::middleware::from_fn(limits::body_deadline));
+            .wrap(actix_web::middleware::from_fn(limits::body_deadline))
+            .wrap(actix_web::middleware::from_fn(guard::browser_guard));
         match &proxy {
             // In front of a legacy supervisor its device API is not shadowed: everything
             // helios does not answer itself is proxied.

@@ -570,14 +570,16 @@ async fn cleanup_volumes(
 }
 
 /// `GET /v2/local/target-state` → the target in the legacy local shape (apps by numeric id).
+/// A listing, so out-of-scope apps are filtered out (spec §2.3): a service key sees only its
+/// own app, not the other apps' environment.
 async fn get_local_target(
     state: web::Data<ApiState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let view = View::read(&state);
     let mut apps = Map::new();
     if let Some(t) = &view.target {
-        for (uuid, app) in t.apps.iter() {
+        for (uuid, app) in t.apps.iter().filter(|(_, a)| caller.can_access(a.id)) {
             let commit = view.target_commit(uuid);
             let mut services = vec![];
             for r in app.releases.values() {

@@ -4,12 +4,14 @@ use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use log::{info, warn};
 use serde_json::json;
 
-use helios_actors::bus::TargetSource;
+use helios_actors::bus::{TargetRequest, TargetSource};
 use helios_actors::model::device::{AppTarget, Device, DeviceTarget};
 use helios_actors::model::target;
 use helios_actors::poll::TriggerPoll;
+use helios_actors::ports::store::StoreError;
 use helios_actors::seek::{PlanError, PreviewPlan, Reapply};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
 
@@ -113,7 +115,11 @@ fn to_target<T: serde::Serialize, U: serde::de::DeserializeOwned>(v: &T) -> Resu
 /// The device target a local change starts from: the latest target, or (before any) the
 /// current state.
 fn base_target(state: &ApiState) -> Result<DeviceTarget, ApiError> {
-    match state.targets.latest() {
+    base_of(state, state.targets.latest().as_deref())
+}
+
+fn base_of(state: &ApiState, latest: Option<&TargetRequest>) -> Result<DeviceTarget, ApiError> {
+    match latest {
         Some(t) => serde_json::from_value((*t.target).clone())
             .map_err(|e| ApiError::Unavailable(format!("stored target unreadable: {e}"))),
         None => {
@@ -123,23 +129,48 @@ fn base_target(state: &ApiState) -> Result<DeviceTarget, ApiError> {
     }
 }
 
-fn publish(
+/// Why a local edit published nothing.
+enum EditError {
+    Api(ApiError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for EditError {
+    fn from(e: StoreError) -> EditError {
+        EditError::Store(e)
+    }
+}
+
+/// Changes the latest target with `change` and publishes the result, serialised with every
+/// other publish (two concurrent edits of different apps both land).
+fn edit_target(
     state: &ApiState,
-    target: &DeviceTarget,
     force: bool,
     cancel: bool,
+    change: impl FnOnce(&mut DeviceTarget) -> Result<(), ApiError>,
 ) -> Result<(), ApiError> {
-    let value = serde_json::to_value(target)
-        .map_err(|e| ApiError::Unavailable(format!("target not serialisable: {e}")))?;
-    state
+    let res = state
         .targets
-        .publish(value, None, TargetSource::Local, force, cancel)
-        .map(|_| ())
-        .map_err(|e| {
+        .publish_edit(TargetSource::Local, force, cancel, |latest| {
+            let mut target = base_of(state, latest).map_err(EditError::Api)?;
+            change(&mut target).map_err(EditError::Api)?;
+            serde_json::to_value(&target).map_err(|e| {
+                EditError::Api(ApiError::Unavailable(format!(
+                    "target not serialisable: {e}"
+                )))
+            })
+        });
+    match res {
+        Ok(_) => Ok(()),
+        Err(EditError::Api(e)) => Err(e),
+        Err(EditError::Store(e)) => {
             warn!(error:% = helios_actors::ErrorChain(&e), decision = "reject",
                 reason = "store unavailable"; "Local target not stored");
-            ApiError::Unavailable(format!("target could not be stored: {e}"))
-        })
+            Err(ApiError::Unavailable(format!(
+                "target could not be stored: {e}"
+            )))
+        }
+    }
 }
 
 /// `POST /v3/device/apps/{uuid}?force=&cancel=` → 202: the app's target is stored and queued.
@@ -152,9 +183,10 @@ pub async fn post_app(
     let (force, cancel) = flags(&req)?;
     let uuid = path.into_inner();
     let app = app_target(&req, &uuid, &body)?;
-    let mut target = base_target(&state)?;
-    target.apps.insert(uuid.clone(), app);
-    publish(&state, &target, force, cancel)?;
+    edit_target(&state, force, cancel, |target| {
+        target.apps.insert(uuid.clone(), app);
+        Ok(())
+    })?;
     info!(app:% = uuid, force, cancel, decision = "accept", reason = "local app target"; "App target accepted");
     Ok(HttpResponse::Accepted().finish())
 }
@@ -167,12 +199,13 @@ pub async fn delete_app(
 ) -> Result<HttpResponse, ApiError> {
     let (force, cancel) = flags(&req)?;
     let uuid = path.into_inner();
-    let mut target = base_target(&state)?;
     let on_device = state.state.get().model.apps.contains_key(&uuid);
-    if target.apps.remove(&uuid).is_none() && !on_device {
-        return Err(ApiError::NotFound);
-    }
-    publish(&state, &target, force, cancel)?;
+    edit_target(&state, force, cancel, |target| {
+        if target.apps.remove(&uuid).is_none() && !on_device {
+            return Err(ApiError::NotFound);
+        }
+        Ok(())
+    })?;
     info!(app:% = uuid, force, cancel, decision = "accept", reason = "local app removal"; "App removal accepted");
     Ok(HttpResponse::Accepted().finish())
 }
@@ -210,8 +243,17 @@ struct UpdateBody {
 
 /// `POST /v1/update` → 202 (as upstream helios answers): poll now, or in unmanaged mode
 /// re-apply the current target. An empty or unreadable body means force=false, cancel=true.
-pub async fn v1_update(state: web::Data<ApiState>, body: web::Bytes) -> impl Responder {
-    let b: UpdateBody = if body.is_empty() {
+/// Any key may trigger it; `force` (which takes user update locks) only from a caller allowed
+/// to force: the global key, or the unix socket where no key is required. Others' `force` is
+/// dropped with a log line and the update proceeds unforced (so is the legacy supervisor's
+/// trigger in proxy mode).
+pub async fn v1_update(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Bytes,
+) -> impl Responder {
+    let mut b: UpdateBody = if body.is_empty() {
         UpdateBody {
             force: false,
             cancel: true,
@@ -222,6 +264,11 @@ pub async fn v1_update(state: web::Data<ApiState>, body: web::Bytes) -> impl Res
             cancel: true,
         })
     };
+    if b.force && !caller.may_force() {
+        info!(path:% = req.path(), scope:% = caller.scope, decision = "ignore-force",
+            reason = "only the global key may force an update past user locks"; "Update force ignored");
+        b.force = false;
+    }
     match &state.poll {
         Some(poll) => poll.do_send(TriggerPoll {
             force: b.force,

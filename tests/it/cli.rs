@@ -42,7 +42,9 @@ fn help_lists_every_flag() {
         "--provisioning-supervisor-version",
         "--config",
         "--device-api-key",
+        "--local-api-allowed-host",
         "register",
+        "api-key",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
     }

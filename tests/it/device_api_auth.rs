@@ -1,14 +1,16 @@
 //! Device API keys against the running agent (spec/device-api.md §2, `/v1/regenerate-api-key`):
 //! where a key is read from, 401 without one, regeneration (the old key stops working, the new
-//! one is saved to the config file and reported as `api_secret`), no auth when unmanaged
-//! without a key, and keys never in the log.
+//! one is saved to the config file and reported as `api_secret`), keys never in the log; and
+//! the listener as a gate (README "Local API"): on TCP `/v3` and `/metrics` take only the global
+//! key and `/v1`/`/v2` always a key, while the unix socket (0660) takes none when unmanaged;
+//! `force` in `/v1/update` only from the global key; a service key sees only its own app.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::agent::{eventually, Agent, AgentOpts};
+use crate::support::agent::{eventually, helios_command, http_with, Agent, AgentOpts};
 use crate::support::fake_cloud::FakeCloud;
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
@@ -89,7 +91,11 @@ fn a_configured_key_guards_the_device_api_and_can_be_regenerated() {
         status_with(&agent, &format!("/v2/nope?apikey={KEY}"), &[]),
         404
     );
-    assert_eq!(status_with(&agent, "/v3/nope", &[]), 404);
+    assert_eq!(status_with(&agent, "/v3/nope", &[]), 401);
+    assert_eq!(
+        status_with(&agent, &format!("/v3/nope?apikey={KEY}"), &[]),
+        404
+    );
 
     // Protected: no key, a wrong key, a key in the wrong place or shape.
     let bearer = format!("Bearer {KEY}");
@@ -206,23 +212,314 @@ fn a_regenerated_key_from_the_config_file_survives_a_restart() {
     assert_never_logged(&agent, &[KEY, &new]);
 }
 
+/// One HTTP/1.0 request on a unix socket; (status, body).
+fn unix_request(
+    path: &std::path::Path,
+    method: &str,
+    uri: &str,
+    json: Option<&str>,
+) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = json.unwrap_or("");
+    let ct = if json.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
+    let req = format!(
+        "{method} {uri} HTTP/1.0\r\nHost: localhost\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {raw:?}"));
+    (status, body.to_string())
+}
+
+/// An app target with a secret in its environment.
+fn app(id: u32, secret: &str) -> String {
+    serde_json::json!({"id": id, "name": format!("app{id}"), "releases": {format!("r{id}"): {
+        "services": {"main": {"id": id, "image": "busybox:latest",
+            "environment": {"SECRET": secret}}}}}})
+    .to_string()
+}
+
+/// Creates the key of service `main` of app `app_id` in the agent's store before it starts,
+/// as an apply of a labelled service would.
+fn service_key(opts: &AgentOpts, app_id: u32) -> String {
+    use helios_actors::ports::apikeys::ApiKeys;
+    let (store, _) = helios_actors::ports::store::Store::open(&opts.state_dir(), 1 << 20).unwrap();
+    let keys = ApiKeys::open(store, None, false, std::sync::Arc::new(|_| Ok(()))).unwrap();
+    keys.service_key(app_id, "main")
+        .unwrap()
+        .expose()
+        .to_string()
+}
+
 #[test]
-fn an_unmanaged_device_without_a_key_takes_none() {
+fn an_unmanaged_device_generates_a_key_tcp_requires_and_the_socket_does_not() {
     let home = tempfile::tempdir().unwrap();
+    let sock = home.path().join("run/api.sock");
     let opts = AgentOpts::new(home.path());
     let cfg_path = opts.config_path();
-    let agent = Agent::start(opts);
+    let agent = Agent::start(
+        opts.arg("--local-api-address")
+            .arg(sock.display().to_string()),
+    );
 
-    assert_eq!(status_with(&agent, "/v2/version", &[]), 200);
+    // Generated, saved (0600), and what `helios api-key` prints.
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(
+        text.contains(&format!("device_api_key = \"{}\"", agent.key)),
+        "{text}"
+    );
+    assert!(is_key(&agent.key), "{}", agent.key);
+    let out = helios_command(home.path()).arg("api-key").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), agent.key);
+
+    // TCP: a key, also unmanaged.
+    assert_eq!(status_with(&agent, "/v2/version", &[]), 401);
     let wrong = [("Authorization", "Bearer wrong")];
-    assert_eq!(status_with(&agent, "/v2/version", &wrong), 200);
+    assert_eq!(status_with(&agent, "/v2/version", &wrong), 401);
+    assert_eq!(
+        status_with(&agent, "/v2/version", &[("Authorization", &agent.bearer())]),
+        200
+    );
+
+    // The unix socket: no key (its mode is the gate), for /v1, /v2, /v3 and /metrics.
+    assert_eq!(unix_request(&sock, "GET", "/v2/version", None).0, 200);
+    assert_eq!(unix_request(&sock, "GET", "/v3/device", None).0, 200);
+    assert_eq!(unix_request(&sock, "GET", "/metrics", None).0, 200);
+    let (status, body) = unix_request(
+        &sock,
+        "POST",
+        "/v3/device/apps/sock-app",
+        Some(&app(7, "s")),
+    );
+    assert_eq!(status, 202, "{body}");
     // No key of ours to regenerate: the JSON error envelope, not 401.
-    let (status, body) = request(agent.addr, "POST", REGENERATE, &[]);
+    let (status, body) = unix_request(&sock, "POST", REGENERATE, None);
     assert_eq!(status, 503, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "failed");
-    let text = std::fs::read_to_string(&cfg_path).unwrap_or_default();
-    assert!(!text.contains("device_api_key"), "no key generated: {text}");
+    assert_never_logged(&agent, &[&agent.key]);
+}
+
+#[test]
+fn v3_and_metrics_on_tcp_take_only_the_global_key() {
+    let home = tempfile::tempdir().unwrap();
+    let opts = AgentOpts::new(home.path());
+    let scoped = service_key(&opts, 1);
+    let agent = Agent::start(opts);
+    let scoped_h = format!("Bearer {scoped}");
+    let global_h = agent.bearer();
+    let send = |method: &str, path: &str, auth: Option<&str>, body: Option<&str>| {
+        let h: Vec<(&str, &str)> = auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
+        http_with(
+            agent.addr,
+            method,
+            path,
+            &h,
+            body.map(|b| ("application/json", b)),
+        )
+    };
+
+    // Healthchecks need no key.
+    assert_eq!(send("GET", "/ping", None, None).status, 200);
+    assert_eq!(send("GET", "/v3/status", None, None).status, 200);
+    assert_ne!(send("GET", "/v1/healthy", None, None).status, 401);
+
+    // No key, a wrong key, a service's key: refused, and nothing is applied.
+    let body = app(1, "hunter2");
+    for (auth, want) in [
+        (None, 401),
+        (Some("Bearer wrong"), 401),
+        (Some(scoped_h.as_str()), 403),
+    ] {
+        for (method, path, body) in [
+            ("POST", "/v3/device/apps/a1", Some(body.as_str())),
+            ("POST", "/v3/device/apps/a1/plan", Some(body.as_str())),
+            ("DELETE", "/v3/device/apps/a1", None),
+            ("GET", "/v3/device", None),
+            ("GET", "/v3/device/apps/a1", None),
+            ("GET", "/v3/version", None),
+            ("GET", "/v3/capabilities", None),
+            ("GET", "/metrics", None),
+        ] {
+            let r = send(method, path, auth, body);
+            assert_eq!(r.status, want, "{method} {path} with {auth:?}: {}", r.body);
+            assert!(!r.body.contains("hunter2"));
+        }
+    }
+    assert!(
+        !agent.logs().iter().any(|l| l.contains("decision=publish")),
+        "nothing was stored"
+    );
+    assert!(agent.logs().iter().any(|l| l.contains("decision=refuse")
+        && l.contains("reason=\"needs the global API key\"")
+        && l.contains("path=/v3/device")));
+
+    // The global key works.
+    assert_eq!(
+        send("POST", "/v3/device/apps/a1", Some(&global_h), Some(&body)).status,
+        202
+    );
+    assert_eq!(send("GET", "/v3/device", Some(&global_h), None).status, 200);
+    assert_eq!(send("GET", "/metrics", Some(&global_h), None).status, 200);
+    assert_eq!(
+        send("DELETE", "/v3/device/apps/a1", Some(&global_h), None).status,
+        202
+    );
+    assert_never_logged(&agent, &[&agent.key, &scoped]);
+}
+
+#[test]
+fn v1_update_needs_a_key_and_only_the_global_key_forces() {
+    let home = tempfile::tempdir().unwrap();
+    let opts = AgentOpts::new(home.path());
+    let scoped = service_key(&opts, 1);
+    let agent = Agent::start(opts);
+    // A target to re-apply.
+    assert_eq!(
+        agent.post_json("/v3/device/apps/a1", &app(1, "x")).status,
+        202
+    );
+    let forced = r#"{"force": true}"#;
+    let update = |auth: &[(&str, &str)]| {
+        let skip = agent.logs().len();
+        let r = http_with(
+            agent.addr,
+            "POST",
+            "/v1/update",
+            auth,
+            Some(("application/json", forced)),
+        );
+        (r.status, skip)
+    };
+
+    // No key over TCP: 401, nothing re-applied.
+    let (status, skip) = update(&[]);
+    assert_eq!(status, 401);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!agent.logs()[skip..]
+        .iter()
+        .any(|l| l.contains("decision=reapply")));
+
+    // A service key: accepted, `force` dropped with a log line.
+    let scoped_h = format!("Bearer {scoped}");
+    let (status, skip) = update(&[("Authorization", &scoped_h)]);
+    assert_eq!(status, 202);
+    let line = agent
+        .wait_log_after(
+            skip,
+            |l| l.contains("decision=reapply"),
+            Duration::from_secs(10),
+        )
+        .expect("re-applied");
+    assert!(line.contains("force=false"), "{line}");
+    assert!(agent.logs()[skip..]
+        .iter()
+        .any(|l| l.contains("decision=ignore-force") && l.contains("scope=app:1")));
+
+    // The global key forces.
+    let (status, skip) = update(&[("Authorization", &agent.bearer())]);
+    assert_eq!(status, 202);
+    let line = agent
+        .wait_log_after(
+            skip,
+            |l| l.contains("decision=reapply"),
+            Duration::from_secs(10),
+        )
+        .expect("re-applied");
+    assert!(line.contains("force=true"), "{line}");
+}
+
+#[test]
+fn a_service_key_reads_only_its_own_app_in_the_local_target() {
+    let home = tempfile::tempdir().unwrap();
+    let opts = AgentOpts::new(home.path());
+    let scoped = service_key(&opts, 1);
+    let agent = Agent::start(opts);
+    assert_eq!(
+        agent
+            .post_json("/v3/device/apps/a1", &app(1, "mine"))
+            .status,
+        202
+    );
+    assert_eq!(
+        agent
+            .post_json("/v3/device/apps/a2", &app(2, "theirs"))
+            .status,
+        202
+    );
+
+    let all = agent.get("/v2/local/target-state").json();
+    let apps = &all["state"]["local"]["apps"];
+    assert!(apps.get("1").is_some() && apps.get("2").is_some(), "{all}");
+
+    let h = format!("Bearer {scoped}");
+    let r = http_with(
+        agent.addr,
+        "GET",
+        "/v2/local/target-state",
+        &[("Authorization", &h)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let apps = v["state"]["local"]["apps"].as_object().unwrap();
+    assert_eq!(apps.keys().collect::<Vec<_>>(), ["1"], "{v}");
+    assert!(
+        r.body.contains("mine") && !r.body.contains("theirs"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn concurrent_local_posts_for_different_apps_all_land() {
+    let home = tempfile::tempdir().unwrap();
+    let opts = AgentOpts::new(home.path());
+    std::fs::create_dir_all(opts.config_path().parent().unwrap()).unwrap();
+    std::fs::write(opts.config_path(), "[api]\nworkers = 4\n").unwrap();
+    let agent = Agent::start(opts);
+    const APPS: u32 = 24;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(APPS as usize));
+    let posts: Vec<_> = (1..=APPS)
+        .map(|id| {
+            let (addr, barrier) = (agent.addr, barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                crate::support::agent::http(
+                    addr,
+                    "POST",
+                    &format!("/v3/device/apps/app{id}"),
+                    Some(("application/json", &app(id, "x"))),
+                )
+                .status
+            })
+        })
+        .collect();
+    for p in posts {
+        assert_eq!(p.join().unwrap(), 202);
+    }
+    let v = agent.get("/v2/local/target-state").json();
+    let apps = v["state"]["local"]["apps"].as_object().unwrap();
+    let mut ids: Vec<u32> = apps.keys().map(|k| k.parse().unwrap()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        (1..=APPS).collect::<Vec<_>>(),
+        "every POST is in the target"
+    );
 }
 
 #[test]

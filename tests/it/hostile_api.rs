@@ -2,14 +2,31 @@
 //! wrong types, huge bodies, bad UTF-8, path tricks, overlong paths and headers, invalid
 //! methods, raw garbage) and slow clients that trickle headers or bodies. Every answer is a
 //! 4xx (or the connection is closed), the agent never crashes, its memory stays bounded, and
-//! afterwards the API still answers correctly. Figures are printed.
+//! afterwards the API still answers correctly. Figures are printed. Also the browser guard:
+//! DNS rebinding (a foreign `Host`), cross-site requests and non-JSON bodies are refused.
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::agent::{Agent, AgentOpts};
+use crate::support::agent::{http_with, Agent, AgentOpts};
+
+/// The fuzzed agent's key: the requests are authorised, so they reach the routes.
+const KEY: &str = "hostilekey0123456789";
+
+/// The request with `Host: x` made an authorised request for the agent (an IP literal Host and
+/// its key).
+fn authorised(req: &[u8]) -> Vec<u8> {
+    let from = b"Host: x\r\n";
+    let Some(i) = req.windows(from.len()).position(|w| w == from) else {
+        return req.to_vec();
+    };
+    let mut out = req[..i].to_vec();
+    out.extend(format!("Host: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n").bytes());
+    out.extend(&req[i + from.len()..]);
+    out
+}
 
 /// A small deterministic generator (xorshift64*): the same requests on every run.
 struct Rng(u64);
@@ -200,7 +217,7 @@ fn send(addr: SocketAddr, req: &[u8]) -> Option<u16> {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     // The server may answer (413, 400) and close before the whole request is written.
-    let _ = s.write_all(req);
+    let _ = s.write_all(&authorised(req));
     let _ = s.shutdown(Shutdown::Write);
     status_of(&mut s)
 }
@@ -242,7 +259,7 @@ fn huge(addr: SocketAddr, (method, route): (&str, &str), len: usize, chunked: bo
     let head = format!(
         "{method} {route} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
     );
-    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(&authorised(head.as_bytes()));
     let chunk = vec![b'['; 64 * 1024];
     let mut sent = 0;
     while sent < len {
@@ -264,7 +281,7 @@ fn huge(addr: SocketAddr, (method, route): (&str, &str), len: usize, chunked: bo
 #[test]
 fn malformed_requests_get_4xx_and_the_agent_survives() {
     let home = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(AgentOpts::new(home.path()));
+    let mut agent = Agent::start(AgentOpts::new(home.path()).arg("--device-api-key").arg(KEY));
     let addr = agent.addr;
     let pid = agent.pid();
     let rss_start = rss_kb(pid);
@@ -308,6 +325,7 @@ fn malformed_requests_get_4xx_and_the_agent_survives() {
         b"POST /v3/device/apps/app1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\"".to_vec(),
     ]
     .into_iter()
+    .map(|req| authorised(&req))
     .map(|req| {
         std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
@@ -440,4 +458,122 @@ fn malformed_requests_get_4xx_and_the_agent_survives() {
     let dev = agent.get("/v3/device/apps/app1");
     assert!(dev.status == 200 || dev.status == 404, "{dev:?}");
     assert_eq!(agent.get("/v2/version").status, 200);
+}
+
+#[test]
+fn browsers_cannot_reach_the_api_by_rebinding_or_cross_site() {
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(AgentOpts::new(home.path()).arg("--device-api-key").arg(KEY));
+    let auth = format!("Bearer {KEY}");
+    let port = agent.addr.port();
+    let hello = include_str!("../../examples/hello.json");
+    let req = |method: &str, path: &str, extra: &[(&str, &str)], body: Option<(&str, &str)>| {
+        let mut h = vec![("Authorization", auth.as_str())];
+        h.extend_from_slice(extra);
+        http_with(agent.addr, method, path, &h, body)
+    };
+
+    // DNS rebinding: a name of the attacker's resolving to 127.0.0.1. Refused, key or not.
+    let evil = req("GET", "/v3/device", &[("Host", "evil.example")], None);
+    assert_eq!(evil.status, 403, "{}", evil.body);
+    let with_port = format!("evil.example:{port}");
+    assert_eq!(
+        req("GET", "/ping", &[("Host", &with_port)], None).status,
+        403
+    );
+    let r = req(
+        "POST",
+        "/v3/device/apps/app1",
+        &[("Host", "evil.example")],
+        Some(("application/json", hello)),
+    );
+    assert_eq!(r.status, 403);
+    // IP literals, localhost and the allowed names pass.
+    let ip = format!("127.0.0.1:{port}");
+    for host in [ip.as_str(), "localhost", "localhost:48484", "[::1]:1"] {
+        assert_eq!(
+            req("GET", "/v3/device", &[("Host", host)], None).status,
+            200,
+            "{host}"
+        );
+    }
+
+    // Cross-site: a foreign Origin (also `null`), or the browser saying so.
+    for (k, v) in [
+        ("Origin", "http://evil.example"),
+        ("Origin", "null"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        let r = req(
+            "POST",
+            "/v3/device/apps/app1",
+            &[(k, v)],
+            Some(("application/json", hello)),
+        );
+        assert_eq!(r.status, 403, "{k}: {v}");
+        let r = req(
+            "POST",
+            "/v1/update",
+            &[(k, v), ("Content-Length", "0")],
+            None,
+        );
+        assert_eq!(r.status, 403, "{k}: {v}");
+    }
+    let same = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        req("GET", "/v3/device", &[("Origin", &same)], None).status,
+        200
+    );
+
+    // Bodies a browser sends without a preflight: refused on every JSON route.
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let r = req("POST", "/v3/device/apps/app1", &[], Some((ct, hello)));
+        assert_eq!(r.status, 415, "{ct}");
+        let r = req("POST", "/v1/update", &[], Some((ct, r#"{"force":true}"#)));
+        assert_eq!(r.status, 415, "{ct}");
+    }
+    assert!(
+        !agent.logs().iter().any(|l| l.contains("decision=publish")),
+        "nothing refused was stored"
+    );
+    assert!(!agent.logs().iter().any(|l| l.contains("decision=reapply")));
+
+    // An empty POST needs no content type; JSON passes.
+    let empty = [("Content-Length", "0")];
+    assert_eq!(req("POST", "/v1/update", &empty, None).status, 202);
+    let r = req(
+        "POST",
+        "/v3/device/apps/app1",
+        &[],
+        Some(("application/json", hello)),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    // One line per refusal, with the path, never the query.
+    let r = http_with(
+        agent.addr,
+        "GET",
+        &format!("/v3/device?apikey={KEY}"),
+        &[("Host", "rebound.example")],
+        None,
+    );
+    assert_eq!(r.status, 403);
+    let logs = agent.logs();
+    let line = logs
+        .iter()
+        .find(|l| l.contains("decision=refuse") && l.contains("reason=\"host not allowed\""))
+        .expect("a refusal line");
+    assert!(line.contains("path=/v3/device"), "{line}");
+    assert!(!logs.join("\n").contains(KEY), "the key is never logged");
+    assert!(logs
+        .iter()
+        .any(|l| l.contains("decision=refuse") && l.contains("reason=\"cross-origin request\"")));
+    assert!(logs
+        .iter()
+        .any(|l| l.contains("decision=refuse")
+            && l.contains("reason=\"body is not application/json\"")));
 }

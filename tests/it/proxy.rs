@@ -230,7 +230,13 @@ fn routes_every_caller_to_the_right_place() {
     let before = legacy.received().len();
     let ping = request(agent.addr, "GET", "/ping", &[], None);
     assert_eq!((ping.status, ping.head.as_slice()), (200, &b"OK"[..]));
-    let metrics = request(agent.addr, "GET", "/metrics", &[], None);
+    let metrics = request(
+        agent.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", &agent.bearer())],
+        None,
+    );
     assert_eq!(metrics.status, 200);
     assert!(
         String::from_utf8_lossy(&metrics.head).contains("helios_build_info{"),
@@ -240,7 +246,13 @@ fn routes_every_caller_to_the_right_place() {
     assert_eq!(status.status, 200);
     assert!(status.json()["status"].is_string());
     let gets = cloud.target_gets();
-    let upd = request(agent.addr, "POST", "/v1/update", &[], None);
+    let upd = request(
+        agent.addr,
+        "POST",
+        "/v1/update",
+        &[("Authorization", &agent.bearer())],
+        None,
+    );
     assert_eq!(upd.status, 202);
     eventually(Duration::from_secs(10), || {
         (cloud.target_gets() > gets).then_some(())
@@ -330,7 +342,8 @@ fn streams_50_mb_both_ways_with_bounded_memory() {
         agent.addr,
         "POST",
         "/upload",
-        &[("Content-Type", "application/octet-stream")],
+        // The browser guard takes only JSON bodies on TCP; the proxy streams them unparsed.
+        &[("Content-Type", "application/json")],
         Some((N, &pattern_byte)),
     );
     assert_eq!(up.status, 200, "{up:?}");
@@ -389,7 +402,14 @@ fn upstream_down_slow_or_reset_gives_502_or_504_and_recovers() {
 
     let a = request(agent.addr, "GET", "/reset", &[], None);
     assert_eq!(a.status, 502, "{a:?}");
-    let caps = request(agent.addr, "GET", "/v3/capabilities", &[], None).json();
+    let caps = request(
+        agent.addr,
+        "GET",
+        "/v3/capabilities",
+        &[("Authorization", &agent.bearer())],
+        None,
+    )
+    .json();
     assert_eq!(
         caps["legacy_answering"], false,
         "a reset is a lost capability"
@@ -410,7 +430,14 @@ fn upstream_down_slow_or_reset_gives_502_or_504_and_recovers() {
     let ok = request(agent.addr, "GET", "/v2/version", &[], None);
     assert_eq!(ok.status, 200);
     assert_eq!(request(agent.addr, "GET", "/ping", &[], None).status, 200);
-    let caps = request(agent.addr, "GET", "/v3/capabilities", &[], None).json();
+    let caps = request(
+        agent.addr,
+        "GET",
+        "/v3/capabilities",
+        &[("Authorization", &agent.bearer())],
+        None,
+    )
+    .json();
     assert_eq!(caps["legacy_answering"], true, "answering again");
     assert!(agent
         .logs()

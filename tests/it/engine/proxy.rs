@@ -218,7 +218,14 @@ async fn splits_the_target_and_hands_the_rest_to_the_legacy_supervisor() {
     // apply again too.
     let told_before = legacy.received_at("/v1/update").len();
     assert_eq!(
-        request(agent.addr, "POST", "/v1/update", &[], None).status,
+        request(
+            agent.addr,
+            "POST",
+            "/v1/update",
+            &[("Authorization", &agent.bearer())],
+            None
+        )
+        .status,
         202
     );
     eventually(Duration::from_secs(20), || {

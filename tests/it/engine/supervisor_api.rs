@@ -119,7 +119,9 @@ async fn a_labelled_container_calls_the_api_with_its_scoped_key() {
         .status,
         401
     );
-    assert_eq!(agent.get("/v2/applications/state").status, 401);
+    let no_key =
+        crate::support::agent::http_with(agent.addr, "GET", "/v2/applications/state", &[], None);
+    assert_eq!(no_key.status, 401);
 
     // Regenerated from inside the container: the old key stops working at once, and the next
     // apply recreates the container with the new one (the env difference).

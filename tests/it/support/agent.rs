@@ -1,5 +1,8 @@
 //! Runs the real `helios` binary as a child process with its own dirs, captures its log lines,
 //! and talks HTTP to it over loopback (a tiny blocking HTTP/1.0 client, no runtime needed).
+//! [`http`] (and `Agent::get`...) present the agent's global API key, which its TCP listener
+//! requires: the configured one, else the one it generated into its config file at start.
+//! [`http_with`] sends only the headers it is given.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -7,10 +10,30 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The global key of each running agent, by API address (for [`http`]).
+static KEYS: Mutex<Vec<(SocketAddr, String)>> = Mutex::new(Vec::new());
+
+/// The global API key of the agent listening on `addr`, if one was started here.
+pub fn key_of(addr: SocketAddr) -> Option<String> {
+    let keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    keys.iter()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, k)| k.clone())
+}
+
+/// `Authorization: Bearer <key>` for the agent on `addr` (empty when none is known).
+pub fn auth_header(addr: SocketAddr) -> Vec<(&'static str, String)> {
+    key_of(addr)
+        .map(|k| vec![("Authorization", format!("Bearer {k}"))])
+        .unwrap_or_default()
+}
+
 /// A started agent. Killed on drop.
 pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
+    /// Its global API key (configured, or generated and saved at start).
+    pub key: String,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -95,6 +118,7 @@ impl Agent {
         let mut agent = Agent {
             child,
             addr: "127.0.0.1:1".parse().unwrap(),
+            key: String::new(),
             logs,
         };
         let line = agent
@@ -108,6 +132,13 @@ impl Agent {
             });
         let addr = field(&line, "address").expect("address field");
         agent.addr = addr.parse().expect("TCP address");
+        agent.key = configured_key(&opts).unwrap_or_else(|| {
+            saved_key(&opts.config_path())
+                .unwrap_or_else(|| panic!("no device API key in {}", opts.config_path().display()))
+        });
+        KEYS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((agent.addr, agent.key.clone()));
         agent
     }
 
@@ -178,6 +209,11 @@ impl Agent {
         http(self.addr, "GET", path, None)
     }
 
+    /// `Authorization: Bearer <its global key>`.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.key)
+    }
+
     pub fn post_json(&self, path: &str, body: &str) -> Response {
         http(self.addr, "POST", path, Some(("application/json", body)))
     }
@@ -191,7 +227,33 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        KEYS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(a, _)| *a != self.addr);
     }
+}
+
+/// The key given by `--device-api-key` or `HELIOS_DEVICE_API_KEY` (the flag wins).
+fn configured_key(opts: &AgentOpts) -> Option<String> {
+    let flag = opts
+        .args
+        .iter()
+        .position(|a| a == "--device-api-key")
+        .and_then(|i| opts.args.get(i + 1).cloned());
+    flag.or_else(|| {
+        opts.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "HELIOS_DEVICE_API_KEY")
+            .map(|(_, v)| v.clone())
+    })
+}
+
+/// `api.device_api_key` of a config file.
+pub fn saved_key(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    Some(v.get("api")?.get("device_api_key")?.as_str()?.to_string())
 }
 
 /// Value of `key=value` (or `key="value"`) in a log line.
@@ -227,12 +289,32 @@ impl Response {
     }
 }
 
-/// One HTTP/1.0 request (the server closes the connection after the response).
+/// One HTTP/1.0 request with the agent's global key (the server closes the connection after
+/// the response).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<(&str, &str)>) -> Response {
+    let auth = auth_header(addr);
+    let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http_with(addr, method, path, &headers, body)
+}
+
+/// One HTTP/1.0 request with `Host: <addr>` and only the given headers.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> Response {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
     if let Some((ct, b)) = body {
         req.push_str(&format!(
             "Content-Type: {ct}\r\nContent-Length: {}\r\n",
