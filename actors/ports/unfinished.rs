@@ -4,7 +4,8 @@
 //! key, and stops repeating a step that crashes every time instead of crash-looping.
 //!
 //! File format: `<count> <key>\n`, written whole (temp file + rename), no fsync: the markers
-//! live where a lost write costs one more attempt at most.
+//! live where a lost write costs one more attempt at most. Steps on a document (planning a
+//! target, converting a cloud document) key their marker by the document's [`digest`].
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,16 @@ impl Drop for Unfinished {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// FNV-1a of a JSON document's text (serde_json maps are sorted): the same document gives the
+/// same digest in every process.
+pub fn digest(doc: &serde_json::Value) -> u64 {
+    doc.to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// How many processes died in the step for `key`, as the marker at `path` says.
