@@ -297,7 +297,9 @@ mod tests {
         let (rel, reason) = &c.rejected["app-01"];
         assert_eq!(rel, "rel-1");
         assert!(
-            reason.starts_with("releases.rel-1.services.main.composition.ports[0]: 65535 port mappings"),
+            reason.starts_with(
+                "releases.rel-1.services.main.composition.ports[0]: 65535 port mappings"
+            ),
             "{reason}"
         );
         // A rejected app takes nothing from the budget.
@@ -311,7 +313,11 @@ mod tests {
             |_| None,
         )
         .unwrap();
-        assert!(c.rejected.contains_key("b") && c.rejected.len() == 1, "{:?}", c.rejected);
+        assert!(
+            c.rejected.contains_key("b") && c.rejected.len() == 1,
+            "{:?}",
+            c.rejected
+        );
         assert!(c.target.apps.contains_key("c"));
     }
 

@@ -666,11 +666,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(with(None).stop_request_secs(), 10);
-        assert_eq!(with(Some(Duration::from_millis(2500))).stop_request_secs(), 3);
+        assert_eq!(
+            with(Some(Duration::from_millis(2500))).stop_request_secs(),
+            3
+        );
         // 2^32 + 5 s used to wrap to 5 s (and 2^31 s to a negative timeout).
         let huge = Duration::from_secs((1u64 << 32) + 5);
         assert_eq!(with(Some(huge)).stop_request_secs(), i32::MAX);
-        assert_eq!(with(Some(Duration::from_secs(1 << 31))).stop_request_secs(), i32::MAX);
+        assert_eq!(
+            with(Some(Duration::from_secs(1 << 31))).stop_request_secs(),
+            i32::MAX
+        );
     }
 
     #[test]

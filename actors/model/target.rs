@@ -2571,7 +2571,10 @@ mod tests {
             json!(1e300),
         ] {
             let m = rejected(json!({ "stop_grace_period": big }), "stop_grace_period");
-            assert!(m.contains("2147483647") || m.contains("seconds"), "{big}: {m}");
+            assert!(
+                m.contains("2147483647") || m.contains("seconds"),
+                "{big}: {m}"
+            );
         }
         assert!(one(json!({"healthcheck": {"interval": "2562047h"}})).is_ok());
         rejected(
@@ -2769,7 +2772,11 @@ mod tests {
             json!({}),
         ))
         .unwrap_err();
-        assert_eq!(e.field, format!("releases.{REL}.services.b.composition.ports[0]"), "{e}");
+        assert_eq!(
+            e.field,
+            format!("releases.{REL}.services.b.composition.ports[0]"),
+            "{e}"
+        );
         // Thousands of full ranges in one body are counted, never allocated.
         let many = vec![json!("1-65535:1-65535"); 5_000];
         let started = std::time::Instant::now();

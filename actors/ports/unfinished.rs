@@ -52,11 +52,9 @@ impl Drop for Unfinished {
 /// FNV-1a of a JSON document's text (serde_json maps are sorted): the same document gives the
 /// same digest in every process.
 pub fn digest(doc: &serde_json::Value) -> u64 {
-    doc.to_string()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+    doc.to_string().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// How many processes died in the step for `key`, as the marker at `path` says.

@@ -310,10 +310,17 @@ fn the_fuzz_seed_files_are_accepted() {
         let wire: AppTarget = serde_json::from_value(read("app_target", file)).unwrap();
         let app = app_from_target("fuzzapp", wire).unwrap_or_else(|e| panic!("{file}: {e}"));
         app_target(read("app_target", file).to_string().as_bytes());
-        let ports: usize = app.releases.values().flat_map(|r| r.services.values())
-            .map(|s| s.config.ports.len()).sum();
+        let ports: usize = app
+            .releases
+            .values()
+            .flat_map(|r| r.services.values())
+            .map(|s| s.config.ports.len())
+            .sum();
         if file == "ports.json" {
-            assert_eq!(ports, helios_actors::model::target::MAX_PORT_MAPPINGS as usize);
+            assert_eq!(
+                ports,
+                helios_actors::model::target::MAX_PORT_MAPPINGS as usize
+            );
         }
     }
     assert!(cloud::convert(&read("cloud_target", "doc.json"), "dev", |_| None).is_ok());
