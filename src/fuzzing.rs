@@ -9,7 +9,7 @@ use serde_json::Value;
 use helios_actors::model::cloud;
 use helios_actors::model::device::App;
 use helios_actors::model::target::{
-    app_from_target, bind_source, is_device_path, normalise_image, AppTarget,
+    app_from_target, bind_source, is_device_path, normalise_image, AppTarget, MAX_PORT_MAPPINGS,
 };
 
 use crate::api::{actions, v2};
@@ -34,11 +34,16 @@ pub fn cloud_target(data: &[u8]) {
             "{app} converted but not authorized"
         );
     }
+    let mut ports = 0;
     for (uuid, app) in c.target.apps.iter() {
         let json = serde_json::to_value(app).expect("a converted app serialises");
         let model: App = serde_json::from_value(json).expect("a converted app is a model app");
-        check_app(uuid, &model);
+        ports += check_app(uuid, &model);
     }
+    assert!(
+        ports <= MAX_PORT_MAPPINGS as usize,
+        "the document publishes {ports} ports"
+    );
 }
 
 /// The body of `POST /v3/device/apps/{uuid}` (spec/helios-api-v3.md §4.5).
@@ -52,10 +57,13 @@ pub fn app_target(data: &[u8]) {
 }
 
 /// What an accepted app promises: bind sources allow-listed and normalised, devices below
-/// `/dev`, images normalised, and a lossless round trip through the stored JSON form.
-fn check_app(uuid: &str, app: &App) {
+/// `/dev`, images normalised, at most [`MAX_PORT_MAPPINGS`] ports, and a lossless round trip
+/// through the stored JSON form. Returns how many port mappings it publishes.
+fn check_app(uuid: &str, app: &App) -> usize {
+    let mut ports = 0;
     for rel in app.releases.values() {
         for (name, svc) in rel.services.iter() {
+            ports += svc.config.ports.len();
             for m in svc.config.volumes.iter().filter(|m| m.kind == "bind") {
                 let src = m.source.as_deref().expect("a bind has a source");
                 assert_eq!(
@@ -77,9 +85,14 @@ fn check_app(uuid: &str, app: &App) {
             );
         }
     }
+    assert!(
+        ports <= MAX_PORT_MAPPINGS as usize,
+        "{uuid} publishes {ports} ports"
+    );
     let stored = serde_json::to_string(app).expect("an app serialises");
     let back: App = serde_json::from_str(&stored).expect("a stored app reads back");
     assert_eq!(&back, app, "stored form of {uuid} changes it");
+    ports
 }
 
 /// The device API bodies of `/v1` and `/v2`: `POST /v2/local/target-state` (helios has no

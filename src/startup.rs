@@ -219,6 +219,7 @@ pub async fn run(
                 foreign,
                 hand_off: proxy.clone().recipient(),
             }),
+            runtime_dir: config.host.runtime_dir.clone(),
         };
         let r = restarts("poll");
         Supervisor::start(move |_| PollActor::new(deps, r))

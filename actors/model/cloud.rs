@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::device::{AppTarget as ModelApp, DeviceTarget};
 use super::host::{HostTarget, HOSTAPP_KEY};
-use super::target::{app_from_target, normalise_image, AppTarget};
+use super::target::{app_from_target_within, normalise_image, AppTarget, PortBudget};
 
 /// A remote target, ready for the TargetBus, with what reporting needs to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +176,9 @@ pub fn convert(
         host: None,
     };
     let mut hosts = 0;
+    // The document's apps share one port budget: an app whose ports go beyond what is left
+    // is rejected like any invalid release (spec/helios-api-v3.md §5.1).
+    let mut ports = PortBudget::default();
     for (app_uuid, raw) in apps {
         let wire: AppTarget = serde_json::from_value(raw)
             .map_err(|e| Rejected(format!("{uuid}.apps.{app_uuid}: {e}")))?;
@@ -205,7 +208,7 @@ pub fn convert(
             continue;
         }
         let release = wire.releases.keys().next().cloned().unwrap_or_default();
-        match app_from_target(&app_uuid, wire) {
+        match app_from_target_within(&app_uuid, wire, &mut ports) {
             Ok(app) => {
                 let app: ModelApp = serde_json::to_value(&app)
                     .and_then(serde_json::from_value)
@@ -293,6 +296,47 @@ mod tests {
         let (rel, reason) = &c.rejected["app-1"];
         assert_eq!(rel, "rel-2");
         assert!(reason.contains("command"), "{reason}");
+    }
+
+    /// The apps of one document share [`super::super::target::MAX_PORT_MAPPINGS`]: many apps
+    /// of one full range each cannot multiply it. The app that goes past it is rejected alone
+    /// (naming its service and field) and keeps what it had.
+    #[test]
+    fn the_apps_of_a_document_share_one_port_budget() {
+        let full = json!({"ports": ["1-65535:1-65535/udp"]});
+        let mut apps = serde_json::Map::new();
+        for i in 0..50 {
+            apps.insert(format!("app-{i:02}"), app("rel-1", "alpine", full.clone()));
+        }
+        let c = convert(&doc(Value::Object(apps)), "dev-1", |_| None).unwrap();
+        assert_eq!(c.target.apps.len(), 1, "only the first app fits");
+        assert!(c.target.apps.contains_key("app-00"));
+        assert_eq!(c.rejected.len(), 49);
+        let (rel, reason) = &c.rejected["app-01"];
+        assert_eq!(rel, "rel-1");
+        assert!(
+            reason.starts_with(
+                "releases.rel-1.services.main.composition.ports[0]: 65535 port mappings"
+            ),
+            "{reason}"
+        );
+        // A rejected app takes nothing from the budget.
+        let c = convert(
+            &doc(json!({
+                "a": app("rel-1", "alpine", json!({"ports": ["1-40000:1-40000"]})),
+                "b": app("rel-1", "alpine", json!({"ports": ["1-30000:1-30000"], "command": "'"})),
+                "c": app("rel-1", "alpine", json!({"ports": ["1-25535:1-25535"]})),
+            })),
+            "dev-1",
+            |_| None,
+        )
+        .unwrap();
+        assert!(
+            c.rejected.contains_key("b") && c.rejected.len() == 1,
+            "{:?}",
+            c.rejected
+        );
+        assert!(c.target.apps.contains_key("c"));
     }
 
     #[test]

@@ -375,6 +375,14 @@ impl ServiceConfig {
         })
     }
 
+    /// The stop request's timeout (its `t`, whole seconds as an `i32`): [`Self::stop_timeout_secs`]
+    /// or 10 when unset, saturated (validation keeps targets within it; a target stored
+    /// before it did may not be).
+    pub fn stop_request_secs(&self) -> i32 {
+        self.stop_timeout_secs()
+            .map_or(10, |s| i32::try_from(s).unwrap_or(i32::MAX))
+    }
+
     /// The `config` object of a service in the `/v3/device` document (§4.4): the serde form
     /// with [`ServiceConfig::environment_json`] for `environment`.
     pub fn document(&self) -> serde_json::Value {
@@ -650,6 +658,26 @@ mod opt_cpus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stop_request_timeout_saturates_instead_of_wrapping() {
+        let with = |d: Option<Duration>| ServiceConfig {
+            stop_grace_period: d,
+            ..Default::default()
+        };
+        assert_eq!(with(None).stop_request_secs(), 10);
+        assert_eq!(
+            with(Some(Duration::from_millis(2500))).stop_request_secs(),
+            3
+        );
+        // 2^32 + 5 s used to wrap to 5 s (and 2^31 s to a negative timeout).
+        let huge = Duration::from_secs((1u64 << 32) + 5);
+        assert_eq!(with(Some(huge)).stop_request_secs(), i32::MAX);
+        assert_eq!(
+            with(Some(Duration::from_secs(1 << 31))).stop_request_secs(),
+            i32::MAX
+        );
+    }
 
     #[test]
     fn network_names_put_the_highest_priority_first_then_sort_by_name() {

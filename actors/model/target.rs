@@ -5,7 +5,13 @@
 //! Decisions where the specs are silent:
 //! * bind sources: an allow-listed path or anything below it, compared by path components
 //!   after dropping empty ones (`/sys/`, `//sys` → `/sys`); `.` and `..` components and
-//!   relative paths are rejected;
+//!   relative paths are rejected; `/proc` only whole (nothing below it: `/proc/1/root` is the
+//!   host's `/`). A textual rule, decided without looking at the host (helios may not share
+//!   the engine's mount namespace, and links can change before the engine mounts): it keeps
+//!   the rest of the host's filesystem out, it does not make an allowed bind harmless (a
+//!   writable `/proc`, `/sys` or docker socket is root on the host, the release author's
+//!   choice like `privileged`), nor follow links that a container allowed to write below an
+//!   allow-listed path planted there;
 //! * a volume whose `driver_opts.o` asks for a `bind`/`rbind` is a host bind too: its `device`
 //!   follows the same allow-list, except in apps of class `app` (balena's own apps, like the
 //!   supervisor app of target-state-v3.md §2 that binds `/tmp`);
@@ -166,10 +172,62 @@ fn de_string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Str
     Ok(out)
 }
 
+/// Port mappings one target may expand to (`1-65535` is one full range's worth): one app
+/// target (`POST /v3/device/apps/{uuid}`), or every app of one cloud document together. Each
+/// costs a few hundred bytes through to the engine's HostConfig (model, stored config label,
+/// port bindings, exposed ports, the create body), so the cap keeps a target's ports to tens
+/// of MB at worst; without it a few `"1-65535:1-65535"` strings ask for gigabytes.
+pub const MAX_PORT_MAPPINGS: u32 = 65_535;
+
+/// What is left of [`MAX_PORT_MAPPINGS`] while a target is validated; counted from range
+/// bounds before anything is expanded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortBudget {
+    left: u32,
+}
+
+impl Default for PortBudget {
+    fn default() -> Self {
+        PortBudget {
+            left: MAX_PORT_MAPPINGS,
+        }
+    }
+}
+
+impl PortBudget {
+    fn take(&mut self, n: u32, field: &str) -> Result<(), ValidationError> {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(err(
+                field,
+                format!(
+                    "{n} port mappings would exceed the {MAX_PORT_MAPPINGS} a target may publish \
+                     in total ({} left)",
+                    self.left
+                ),
+            )),
+        }
+    }
+}
+
 /// Validates an app target and normalises it into the model: one release keyed by its uuid
 /// with its services, and the release's networks (plus an implied `default`) and volumes as
-/// the app's.
+/// the app's. Its ports count against a budget of their own ([`MAX_PORT_MAPPINGS`]).
 pub fn app_from_target(app_uuid: &str, t: AppTarget) -> Result<App, ValidationError> {
+    app_from_target_within(app_uuid, t, &mut PortBudget::default())
+}
+
+/// [`app_from_target`] with the port budget shared by the apps of one document: what this app
+/// publishes is taken from `ports` (on success only).
+pub fn app_from_target_within(
+    app_uuid: &str,
+    t: AppTarget,
+    ports: &mut PortBudget,
+) -> Result<App, ValidationError> {
+    let mut budget = *ports;
     check_uuid(app_uuid, "uuid")?;
     if let Some(name) = &t.name {
         if name.len() > 255 {
@@ -217,7 +275,7 @@ pub fn app_from_target(app_uuid: &str, t: AppTarget) -> Result<App, ValidationEr
         for (name, s) in &r.services {
             let path = format!("{rel_path}.services.{name}");
             check_name(name, &path)?;
-            let svc = service_from_target(s, &path, &declared)?;
+            let svc = service_from_target(s, &path, &declared, &mut budget)?;
             services.insert(name.clone(), svc);
         }
         check_dependencies(&services, &rel_path)?;
@@ -237,6 +295,7 @@ pub fn app_from_target(app_uuid: &str, t: AppTarget) -> Result<App, ValidationEr
         app.volumes = volumes;
         app.releases.insert(rel, Release { services });
     }
+    *ports = budget;
     Ok(app)
 }
 
@@ -276,6 +335,7 @@ fn service_from_target(
     s: &ServiceTarget,
     path: &str,
     declared: &Declared,
+    budget: &mut PortBudget,
 ) -> Result<Service, ValidationError> {
     let image = normalise_image(&s.image).map_err(|m| err(&format!("{path}.image"), m))?;
     for k in s.environment.keys() {
@@ -301,7 +361,7 @@ fn service_from_target(
         Some(Value::Object(o)) => o,
         Some(other) => return Err(err(&cpath, format!("expected an object, got {other}"))),
     };
-    let mut config = composition_config(composition, &cpath, declared)?;
+    let mut config = composition_config(composition, &cpath, declared, budget)?;
     config
         .environment
         .extend(s.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -375,6 +435,7 @@ fn composition_config(
     c: &serde_json::Map<String, Value>,
     path: &str,
     declared: &Declared,
+    budget: &mut PortBudget,
 ) -> Result<ServiceConfig, ValidationError> {
     let mut cfg = ServiceConfig::default();
     for (key, v) in c {
@@ -398,7 +459,7 @@ fn composition_config(
             "network_mode" => cfg.network_mode = Some(string(v, p)?),
             "volumes" => cfg.volumes = volumes(v, p, declared)?,
             "tmpfs" => cfg.tmpfs = tmpfs(v, p)?,
-            "ports" => cfg.ports = ports(v, p)?,
+            "ports" => cfg.ports = ports(v, p, budget)?,
             "depends_on" => cfg.depends_on = depends_on(v, p)?,
             "restart" => cfg.restart_policy = restart(v),
             "sysctls" => cfg.sysctls = sysctls(v, p)?,
@@ -418,7 +479,7 @@ fn composition_config(
             "hostname" => cfg.hostname = Some(string(v, p)?),
             "domainname" => cfg.domainname = Some(string(v, p)?),
             "stop_signal" => cfg.stop_signal = Some(string(v, p)?),
-            "stop_grace_period" => cfg.stop_grace_period = Some(duration(v, p)?),
+            "stop_grace_period" => cfg.stop_grace_period = Some(stop_grace_period(v, p)?),
             "dns" => cfg.dns = string_list(v, p)?,
             "dns_search" => cfg.dns_search = string_list(v, p)?,
             "dns_opt" => cfg.dns_opt = string_list(v, p)?,
@@ -745,6 +806,35 @@ fn duration(v: &Value, p: &str) -> Result<std::time::Duration, ValidationError> 
     }
 }
 
+/// The longest stop grace period: the engine's stop request takes whole seconds as an `i32`
+/// (rounded up, like [`ServiceConfig::stop_timeout_secs`]).
+const MAX_STOP_SECS: u64 = 2_147_483_647;
+
+fn stop_grace_period(v: &Value, p: &str) -> Result<std::time::Duration, ValidationError> {
+    let d = duration(v, p)?;
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+    if secs > MAX_STOP_SECS {
+        return Err(err(
+            p,
+            format!("at most {MAX_STOP_SECS}s (the engine's stop timeout), got {secs}s"),
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration the engine takes in nanoseconds as an `i64` (healthcheck timings): at most
+/// about 292 years.
+fn engine_duration(v: &Value, p: &str) -> Result<std::time::Duration, ValidationError> {
+    let d = duration(v, p)?;
+    if i64::try_from(d.as_nanos()).is_err() {
+        return Err(err(
+            p,
+            format!("at most {}ns (the engine's limit)", i64::MAX),
+        ));
+    }
+    Ok(d)
+}
+
 /// A byte count: a number, or `<n>[bkmgt][b]` (powers of 1024, case-insensitive).
 fn bytes(v: &Value, p: &str) -> Result<i64, ValidationError> {
     match v {
@@ -860,6 +950,15 @@ pub const BIND_ALLOW_LIST: [&str; 9] = [
     "/etc/machine-id",
 ];
 
+/// Allow-listed paths that may only be bound whole. Below `/proc` are the processes'
+/// directories (`/proc/<pid>`, `/proc/self`, `/proc/thread-self`, and `/proc/net`,
+/// `/proc/mounts` that link into them) with magic links (`root`, `cwd`, `exe`, `fd/<n>`,
+/// `map_files/*`, `ns/*`) that the engine, mounting as the host's root, follows to any file or
+/// namespace of the host: `/proc/1/root` is the host's `/`. Refusing the whole subtree holds
+/// whatever links a host or a kernel adds there; `/proc` itself stays (its magic links are
+/// then resolved by the container's own credentials).
+const BIND_WHOLE_ONLY: [&str; 1] = ["/proc"];
+
 /// A volume whose driver options bind a host path (`o=bind`, the local driver's bind mount)
 /// must bind an allow-listed one.
 fn check_volume_bind(c: &VolumeConfig, p: &str) -> Result<(), ValidationError> {
@@ -890,6 +989,16 @@ pub fn bind_source(src: &str) -> Result<String, String> {
         return Err(format!("bind source {src:?} must not contain . or .."));
     }
     let norm = format!("/{}", parts.join("/"));
+    if let Some(whole) = BIND_WHOLE_ONLY
+        .iter()
+        .find(|a| norm.starts_with(&format!("{a}/")))
+    {
+        return Err(format!(
+            "bind source {src:?} is below {whole}: only {whole} itself may be bound (paths \
+             below it, like /proc/<pid>/root, /proc/self/cwd or /proc/<pid>/fd/<n>, are links \
+             the engine follows anywhere on the host)"
+        ));
+    }
     let allowed = BIND_ALLOW_LIST
         .iter()
         .any(|a| norm == *a || norm.starts_with(&format!("{a}/")));
@@ -897,8 +1006,9 @@ pub fn bind_source(src: &str) -> Result<String, String> {
         Ok(norm)
     } else {
         Err(format!(
-            "bind source {src:?} is not allowed (allowed: {}, or below them)",
-            BIND_ALLOW_LIST.join(", ")
+            "bind source {src:?} is not allowed (allowed: {}, or below them except below {})",
+            BIND_ALLOW_LIST.join(", "),
+            BIND_WHOLE_ONLY.join(", ")
         ))
     }
 }
@@ -1088,26 +1198,26 @@ fn tmpfs(v: &Value, p: &str) -> Result<Vec<String>, ValidationError> {
     Ok(entries)
 }
 
-fn ports(v: &Value, p: &str) -> Result<Vec<PortMapping>, ValidationError> {
-    let mut out = Vec::new();
+/// Parses every entry first, takes their expanded count from `budget`, and only then expands.
+fn ports(v: &Value, p: &str, budget: &mut PortBudget) -> Result<Vec<PortMapping>, ValidationError> {
+    let mut specs = Vec::new();
     for (i, x) in list(v, p)?.iter().enumerate() {
         let ip = format!("{p}[{i}]");
-        match x {
-            Value::Number(_) => {
-                let s = string(x, &ip)?;
-                out.extend(parse_port(&s).map_err(|m| err(&ip, m))?);
-            }
-            Value::String(s) => out.extend(parse_port(s).map_err(|m| err(&ip, m))?),
-            Value::Object(o) => out.extend(long_port(o, &ip)?),
+        let spec = match x {
+            Value::Number(_) => port_spec(&string(x, &ip)?).map_err(|m| err(&ip, m))?,
+            Value::String(s) => port_spec(s).map_err(|m| err(&ip, m))?,
+            Value::Object(o) => long_port(o, &ip)?,
             other => {
                 return Err(err(
                     &ip,
                     format!("expected a string or an object, got {other}"),
                 ))
             }
-        }
+        };
+        budget.take(spec.count(), &ip)?;
+        specs.push(spec);
     }
-    Ok(out)
+    Ok(specs.iter().flat_map(PortSpec::expand).collect())
 }
 
 fn port_range(s: &str) -> Result<(u16, u16), String> {
@@ -1142,39 +1252,69 @@ fn protocol(s: &str) -> Result<String, String> {
     }
 }
 
-/// Pairs host and container ranges: equal lengths map one to one; one container port with a
-/// host range publishes every host port on it.
-fn expand_ports(
+/// One `ports` entry before expansion: host and container ranges of equal length map one to
+/// one; one container port with a host range publishes every host port on it.
+#[derive(Debug, Clone, PartialEq)]
+struct PortSpec {
     host: (u16, u16),
     container: (u16, u16),
-    proto: &str,
+    protocol: String,
     host_ip: Option<String>,
-) -> Result<Vec<PortMapping>, String> {
-    let hn = u32::from(host.1 - host.0) + 1;
-    let cn = u32::from(container.1 - container.0) + 1;
-    if cn != 1 && hn != cn {
-        return Err(format!(
-            "host range {}-{} and container range {}-{} differ in length",
-            host.0, host.1, container.0, container.1
-        ));
+}
+
+impl PortSpec {
+    fn new(
+        host: (u16, u16),
+        container: (u16, u16),
+        protocol: String,
+        host_ip: Option<String>,
+    ) -> Result<PortSpec, String> {
+        let spec = PortSpec {
+            host,
+            container,
+            protocol,
+            host_ip,
+        };
+        let cn = u32::from(container.1 - container.0) + 1;
+        if cn != 1 && spec.count() != cn {
+            return Err(format!(
+                "host range {}-{} and container range {}-{} differ in length",
+                host.0, host.1, container.0, container.1
+            ));
+        }
+        Ok(spec)
     }
-    Ok((0..hn)
-        .map(|i| PortMapping {
-            target: if cn == 1 {
-                container.0
+
+    /// How many mappings [`PortSpec::expand`] makes: one per host port.
+    fn count(&self) -> u32 {
+        u32::from(self.host.1 - self.host.0) + 1
+    }
+
+    fn expand(&self) -> impl Iterator<Item = PortMapping> + '_ {
+        let one = self.container.0 == self.container.1;
+        let at = |base: u16, i: u32| {
+            u16::try_from(u32::from(base) + i).expect("i is below the range's length")
+        };
+        (0..self.count()).map(move |i| PortMapping {
+            target: if one {
+                self.container.0
             } else {
-                container.0 + i as u16
+                at(self.container.0, i)
             },
-            published: host.0 + i as u16,
-            protocol: proto.to_string(),
-            host_ip: host_ip.clone(),
+            published: at(self.host.0, i),
+            protocol: self.protocol.clone(),
+            host_ip: self.host_ip.clone(),
         })
-        .collect())
+    }
 }
 
 /// `[[ip:]host[-host]:]container[-container][/protocol]`; a bare container port (or an
 /// empty host part) is published on the same host port.
 pub fn parse_port(s: &str) -> Result<Vec<PortMapping>, String> {
+    Ok(port_spec(s)?.expand().collect())
+}
+
+fn port_spec(s: &str) -> Result<PortSpec, String> {
     let (spec, proto) = match s.rsplit_once('/') {
         Some((a, b)) => (a, protocol(b)?),
         None => (s, "tcp".to_string()),
@@ -1201,13 +1341,10 @@ pub fn parse_port(s: &str) -> Result<Vec<PortMapping>, String> {
         _ => container,
     };
     let ip = ip.filter(|i| !i.is_empty());
-    expand_ports(host, container, &proto, ip)
+    PortSpec::new(host, container, proto, ip)
 }
 
-fn long_port(
-    o: &serde_json::Map<String, Value>,
-    p: &str,
-) -> Result<Vec<PortMapping>, ValidationError> {
+fn long_port(o: &serde_json::Map<String, Value>, p: &str) -> Result<PortSpec, ValidationError> {
     let get = |k: &str| o.get(k).filter(|v| !v.is_null());
     let target = get("target").ok_or_else(|| err(p, "target is required"))?;
     let tp = format!("{p}.target");
@@ -1230,7 +1367,7 @@ fn long_port(
         .map(|x| string(x, &format!("{p}.host_ip")))
         .transpose()?
         .filter(|i| !i.is_empty());
-    expand_ports(host, container, &proto, ip).map_err(|m| err(p, m))
+    PortSpec::new(host, container, proto, ip).map_err(|m| err(p, m))
 }
 
 fn depends_on(v: &Value, p: &str) -> Result<BTreeMap<String, Condition>, ValidationError> {
@@ -1456,10 +1593,10 @@ fn healthcheck(v: &Value, p: &str) -> Result<Healthcheck, ValidationError> {
                     }
                 }
             }
-            "interval" => h.interval = Some(duration(x, &kp)?),
-            "timeout" => h.timeout = Some(duration(x, &kp)?),
-            "start_period" => h.start_period = Some(duration(x, &kp)?),
-            "start_interval" => h.start_interval = Some(duration(x, &kp)?),
+            "interval" => h.interval = Some(engine_duration(x, &kp)?),
+            "timeout" => h.timeout = Some(engine_duration(x, &kp)?),
+            "start_period" => h.start_period = Some(engine_duration(x, &kp)?),
+            "start_interval" => h.start_interval = Some(engine_duration(x, &kp)?),
             "retries" => {
                 h.retries = Some(
                     u32::try_from(integer(x, &kp)?)
@@ -2148,6 +2285,31 @@ mod tests {
         ] {
             assert!(bind_source(bad).is_err(), "{bad}");
         }
+        // Links below /proc lead anywhere on the host: only /proc itself is allowed.
+        for bad in [
+            "/proc/1/root",
+            "/proc/self/root",
+            "/proc//1/root/",
+            "/proc/thread-self/root",
+            "/proc/4242/cwd",
+            "/proc/self/fd/3",
+            "/proc/1/map_files/400000-452000",
+            "/proc/1/task/1/root",
+            "/proc/1/ns/net",
+            "/proc/net",
+            "/proc/sys/kernel",
+        ] {
+            let e = bind_source(bad).expect_err(bad);
+            assert!(e.contains("below /proc"), "{bad}: {e}");
+        }
+        assert!(
+            rejected(json!({"volumes": ["/proc/1/root:/host"]}), "volumes[0]")
+                .contains("only /proc itself")
+        );
+        rejected(
+            json!({"volumes": [{"type": "bind", "source": "/proc/self/root", "target": "/h"}]}),
+            "volumes[0].source",
+        );
         assert!(rejected(json!({"volumes": ["/etc:/etc"]}), "volumes[0]").contains("not allowed"));
         rejected(
             json!({"volumes": ["data:/d", "/sys/../root:/r"]}),
@@ -2389,6 +2551,42 @@ mod tests {
         rejected(json!({"environment": {"A=B": "x"}}), "environment.A=B");
     }
 
+    /// Values the engine takes in narrower integers are refused when they do not fit, instead
+    /// of wrapping on the way (`stop_grace_period` went `as i32` into the stop request).
+    #[test]
+    fn numbers_the_engine_takes_narrower_must_fit() {
+        let secs = |c: ServiceConfig| c.stop_timeout_secs();
+        assert_eq!(
+            secs(one(json!({"stop_grace_period": "596523h14m7s"})).unwrap()),
+            Some(2_147_483_647)
+        );
+        assert_eq!(
+            secs(one(json!({"stop_grace_period": 2_147_483_647u64})).unwrap()),
+            Some(2_147_483_647)
+        );
+        for big in [
+            json!("596523h14m8s"),
+            json!("1193046h28m21s"),
+            json!(4_294_967_301u64),
+            json!(1e300),
+        ] {
+            let m = rejected(json!({ "stop_grace_period": big }), "stop_grace_period");
+            assert!(
+                m.contains("2147483647") || m.contains("seconds"),
+                "{big}: {m}"
+            );
+        }
+        assert!(one(json!({"healthcheck": {"interval": "2562047h"}})).is_ok());
+        rejected(
+            json!({"healthcheck": {"interval": "2562048h"}}),
+            "healthcheck.interval",
+        );
+        rejected(
+            json!({"healthcheck": {"start_period": 1e12}}),
+            "healthcheck.start_period",
+        );
+    }
+
     #[test]
     fn the_rest_of_the_composition() {
         let c = one(json!({
@@ -2541,6 +2739,51 @@ mod tests {
         );
     }
 
+    /// One full range is fine (coturn-style releases publish big ranges); past
+    /// [`MAX_PORT_MAPPINGS`] in total the target is refused, naming the service and field,
+    /// before anything is expanded.
+    #[test]
+    fn a_target_publishes_at_most_one_full_range_of_ports() {
+        let c = one(json!({"ports": ["1-65535:1-65535"]})).unwrap();
+        assert_eq!(c.ports.len(), 65_535);
+        assert_eq!(c.ports[65_534].published, 65_535);
+        assert_eq!(c.ports[65_534].target, 65_535);
+        let c = one(json!({"ports": ["10000-20000:10000-20000/udp", "3478:3478"]})).unwrap();
+        assert_eq!(c.ports.len(), 10_002);
+
+        let e = parse(app(
+            json!({"web": {"id": 1, "image": "a", "composition": {
+                "ports": ["1-65535:1-65535", "1-65535:1-65535/udp", "1-65535:1"]}}}),
+            json!({}),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.field,
+            format!("releases.{REL}.services.web.composition.ports[1]"),
+            "{e}"
+        );
+        assert!(e.message.contains("65535"), "{e}");
+        // Across services of the app too, and long-form entries count the same.
+        let e = parse(app(
+            json!({
+                "a": {"id": 1, "image": "a", "composition": {"ports": ["1000-40000:1000"]}},
+                "b": {"id": 2, "image": "a", "composition": {"ports": [
+                    {"target": 1, "published": "1-30000"}]}}}),
+            json!({}),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.field,
+            format!("releases.{REL}.services.b.composition.ports[0]"),
+            "{e}"
+        );
+        // Thousands of full ranges in one body are counted, never allocated.
+        let many = vec![json!("1-65535:1-65535"); 5_000];
+        let started = std::time::Instant::now();
+        rejected(json!({ "ports": many }), "ports[1]");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
     #[test]
     fn image_normalisation() {
         let ok = |i: &str, o: &str| assert_eq!(normalise_image(i).as_deref(), Ok(o), "{i}");
@@ -2688,6 +2931,7 @@ mod tests {
         for bad in [
             json!({"type": "none", "o": "bind", "device": "/etc"}),
             json!({"type": "none", "o": "ro,rbind", "device": "/sys/../etc"}),
+            json!({"type": "none", "o": "bind", "device": "/proc/1/root"}),
             json!({"o": "bind"}),
         ] {
             let e = parse(vol(bad.clone())).expect_err(&bad.to_string());
@@ -2712,11 +2956,12 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
 
         /// Whatever path a target names, an accepted bind source is normalised and stays
-        /// below an allow-listed path: no `..`, `.`, empty or relative trick gets out.
+        /// below an allow-listed path: no `..`, `.`, empty or relative trick gets out, and
+        /// nothing below `/proc` (`/proc/1/root`, `/proc/self/cwd`, ...) is accepted.
         #[test]
         fn no_bind_source_escapes_the_allow_list(
             parts in proptest::collection::vec(
-                "(sys|proc|etc|dev|run|dbus|lib|modules|\\.\\.|\\.|root|var|log|journal|machine-id|docker.sock|)",
+                "(sys|proc|etc|dev|run|dbus|lib|modules|\\.\\.|\\.|root|var|log|journal|machine-id|docker.sock|1|4242|self|thread-self|cwd|fd|map_files|)",
                 0..6,
             ),
             lead in "(/|//|\\.|~|)",
@@ -2730,6 +2975,7 @@ mod tests {
                     BIND_ALLOW_LIST.iter().any(|a| norm == *a || norm.starts_with(&format!("{a}/"))),
                     "{src} → {norm}"
                 );
+                proptest::prop_assert!(!norm.starts_with("/proc/"), "{src} → {norm}");
             }
             let dev = format!("/dev{lead}{}{trail}", parts.join("/"));
             if is_device_path(&dev) {

@@ -31,6 +31,10 @@
 //! is converted without its host part (the host OS is the legacy supervisor's: no `hostapp`
 //! key at all, so HostActor leaves the OS alone as for a local target, where `null` would end
 //! every apply `aborted`), and the legacy part goes to ProxyActor as a `HandOff`.
+//!
+//! Converting a document (untrusted input) runs under an unfinished-work marker
+//! (`<runtime dir>/helios-converting`, keyed by the document's digest): a document whose
+//! conversion killed [`REPEATED`] processes is given up and rejected, not converted again.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +50,7 @@ use crate::model::device::DeviceTarget;
 use crate::model::host::HOSTAPP_KEY;
 use crate::ports::cloud::{Cloud, CloudError, CloudSettings, Fetched};
 use crate::ports::store::Store;
+use crate::ports::unfinished::{self, Unfinished, REPEATED};
 use crate::seek::{MarkRejected, Reapply};
 use crate::supervise::{Restarts, Resumable};
 use crate::{ErrorChain, Secret};
@@ -132,7 +137,12 @@ pub struct PollDeps {
     pub identity: IdentitySink,
     /// In front of a legacy supervisor: each target is split between helios and it.
     pub proxy: Option<crate::proxy::ProxyHandle>,
+    /// Where the conversion marker lives (tmpfs: an idle device writes nothing).
+    pub runtime_dir: std::path::PathBuf,
 }
+
+/// The unfinished-work marker of converting a fetched document, in the runtime dir.
+pub const CONVERTING_MARKER: &str = "helios-converting";
 
 /// Sent by the API (`POST /v1/update`): poll now, and re-apply if nothing changed.
 #[derive(Debug, Clone, Copy, Message)]
@@ -402,7 +412,48 @@ impl PollActor {
         }
     }
 
-    /// A 200: validate and convert, then publish (or reject).
+    /// The whole document is unusable: reported rejected, nothing changes; its ETag is kept
+    /// so the same document is not fetched again.
+    fn reject_document(&mut self, reason: String, etag: Option<String>) {
+        METRICS.poll(PollResult::Rejected);
+        self.etag = etag;
+        self.deps
+            .remote_bus
+            .update(|r| r.document_rejected = Some(reason.clone()));
+        self.deps.rejected.do_send(MarkRejected { reason });
+    }
+
+    /// Starts the conversion of `body` under its marker; None when earlier processes died
+    /// converting it [`REPEATED`] times (it is rejected instead). The marker is Some unless
+    /// it could not be written.
+    fn begin_conversion(
+        &mut self,
+        body: &serde_json::Value,
+        etag: &Option<String>,
+    ) -> Option<Option<Unfinished>> {
+        let path = self.deps.runtime_dir.join(CONVERTING_MARKER);
+        let key = format!("{:016x}", unfinished::digest(body));
+        let died = unfinished::earlier(&path, &key);
+        if died >= REPEATED {
+            let error = format!("{died} earlier processes died while converting this document");
+            error!(actor = "poll", digest:% = key, error:% = error, decision = "give_up",
+                reason = "converting it crashed helios repeatedly; what runs stays, a new document is converted";
+                "Remote target given up");
+            self.reject_document(error, etag.clone());
+            return None;
+        }
+        match Unfinished::begin(&path, &key) {
+            Ok((m, _)) => Some(Some(m)),
+            Err(e) => {
+                warn!(actor = "poll", path:% = path.display(), error:% = e, decision = "continue",
+                    reason = "cannot write the conversion marker: a document whose conversion crashes helios is not detected";
+                    "Conversion unguarded");
+                Some(None)
+            }
+        }
+    }
+
+    /// A 200: validate and convert (under the conversion marker), then publish (or reject).
     fn new_target(
         &mut self,
         body: serde_json::Value,
@@ -410,6 +461,9 @@ impl PollActor {
         trigger: Option<TriggerPoll>,
         ctx: &mut Context<Self>,
     ) {
+        let Some(marker) = self.begin_conversion(&body, &etag) else {
+            return;
+        };
         let (body, legacy) = match &self.deps.proxy {
             None => (body, None),
             Some(p) => match p.split(&body) {
@@ -443,17 +497,12 @@ impl PollActor {
                         .and_then(|v| serde_json::from_value(v).ok())
                 })
         };
-        match cloud_model::convert(&body, &uuid, keep) {
+        let converted = cloud_model::convert(&body, &uuid, keep);
+        drop(marker);
+        match converted {
             Err(e) => {
                 warn!(actor = "poll", reason:% = e, decision = "reject"; "Remote target rejected");
-                METRICS.poll(PollResult::Rejected);
-                self.etag = etag;
-                self.deps
-                    .remote_bus
-                    .update(|r| r.document_rejected = Some(e.to_string()));
-                self.deps.rejected.do_send(MarkRejected {
-                    reason: e.to_string(),
-                });
+                self.reject_document(e.to_string(), etag);
             }
             Ok(conv) => {
                 for (app, (release, reason)) in &conv.rejected {

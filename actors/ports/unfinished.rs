@@ -6,7 +6,8 @@
 //! File format: `<count> <key>\n`, written whole (temp file + rename), no fsync: the markers
 //! live where a lost write costs one more attempt at most.
 //!
-//! Two steps use them, the two that a restart would run again and that could crash again:
+//! Three steps use them, those that a restart would run again and that could crash again; steps
+//! on a document key their marker by the document's [`digest`]:
 //! - **Opening the store** (ports/store.rs; sled may panic on damaged files):
 //!   `<store dir>/helios-opening`, key `open`, inside the store dir because a hardened unit may
 //!   write nowhere else. After [`REPEATED`] deaths the store is moved aside and rebuilt
@@ -23,6 +24,10 @@
 //!   writes nothing to disk). After [`REPEATED`] deaths the target is given up without
 //!   planning (`decision=give_up`, status `aborted`, stored as `seek/given-up`), and tried
 //!   again when it changes or on a forced update.
+//! - **Converting a cloud document** (poll/mod.rs; split and conversion of an untrusted
+//!   document): `<runtime dir>/helios-converting`, keyed by the document's digest. After
+//!   [`REPEATED`] deaths the document is given up (`decision=give_up`, rejected as an unusable
+//!   document: status `rejected`, its ETag kept so it is not fetched again, what runs stays).
 //!
 //! One death is retried: it may have been a power cut or a kill. A step removes its marker when
 //! it ends while the process lives, also when a panic unwinds through it (test and debug
@@ -69,6 +74,14 @@ impl Drop for Unfinished {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// FNV-1a of a JSON document's text (serde_json maps are sorted): the same document gives the
+/// same digest in every process.
+pub fn digest(doc: &serde_json::Value) -> u64 {
+    doc.to_string().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// How many processes died in the step for `key`, as the marker at `path` says.

@@ -19,7 +19,11 @@ pub fn parse_records(v: Option<Value>) -> AppRecords {
         .unwrap_or_default()
         .into_iter()
         .map(|(k, r)| {
-            let id = r.get("id").and_then(Value::as_u64).unwrap_or(0) as u32;
+            let id = r
+                .get("id")
+                .and_then(Value::as_u64)
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(0);
             let name = r.get("name").and_then(Value::as_str).map(str::to_string);
             (k, (id, name))
         })

@@ -214,15 +214,10 @@ struct Run {
     guard: Option<(std::path::PathBuf, String)>,
 }
 
-/// FNV-1a of the target's JSON text (serde_json maps are sorted): the same target gives the
-/// same digest in every process.
+/// The target's digest ([`unfinished::digest`]): the same target gives the same digest in
+/// every process.
 fn target_digest(target: &serde_json::Value) -> u64 {
-    target
-        .to_string()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+    unfinished::digest(target)
 }
 
 /// Store key of the target Seek gave up on: `{"digest": "<16 hex>", "attempts": n}`.

@@ -718,7 +718,10 @@ fn tgt_app_meta(store: &Store, app: &str) -> (u32, Option<String>) {
         .and_then(|v| v.get(app).cloned())
         .map(|r| {
             (
-                r.get("id").and_then(|i| i.as_u64()).unwrap_or(0) as u32,
+                r.get("id")
+                    .and_then(|i| i.as_u64())
+                    .and_then(|i| u32::try_from(i).ok())
+                    .unwrap_or(0),
                 r.get("name").and_then(|n| n.as_str()).map(str::to_string),
             )
         })
@@ -849,7 +852,7 @@ fn stop_container(
 }
 
 fn stop_timeout(svc: &Service) -> i32 {
-    svc.config.stop_timeout_secs().unwrap_or(10) as i32
+    svc.config.stop_request_secs()
 }
 
 /// Stops a container (part of removing it). Takes the app's update lock.

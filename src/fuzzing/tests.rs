@@ -77,9 +77,18 @@ const STRINGS: &[&str] = &[
     "/dev/sda",
     "%2e%2e/etc",
     "/proc/self/root",
+    "/proc/1/root",
+    "/proc/thread-self/cwd",
+    "/proc//1/fd/3",
     "a:b:c:d",
     "/x:/y:rwx",
     "8080-8070:80",
+    "1-65535:1-65535",
+    "1-65535:1-65535/udp",
+    "1-65535:1",
+    "10000-20000:10000-20000/udp",
+    "596523h14m8s",
+    "2562048h",
     "65536:80",
     "1.2.3.4:80:80/sctp",
     "sh -c 'x",
@@ -286,6 +295,37 @@ fn the_seeds_are_accepted() {
     let c = cloud::convert(&seed_cloud(), "dev", |_| None).unwrap();
     assert!(c.rejected.is_empty(), "{:?}", c.rejected);
     config::resolve_file_text(Path::new("/x/config.toml"), &seed_config()).unwrap();
+}
+
+/// The seed files of the fuzz targets are accepted too (the port seeds publish exactly
+/// `MAX_PORT_MAPPINGS`, so a mutation adding one port crosses the cap).
+#[test]
+fn the_fuzz_seed_files_are_accepted() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let read = |target: &str, file: &str| -> Value {
+        let text = std::fs::read_to_string(dir.join(target).join(file)).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    for file in ["hello.json", "ports.json"] {
+        let wire: AppTarget = serde_json::from_value(read("app_target", file)).unwrap();
+        let app = app_from_target("fuzzapp", wire).unwrap_or_else(|e| panic!("{file}: {e}"));
+        app_target(read("app_target", file).to_string().as_bytes());
+        let ports: usize = app
+            .releases
+            .values()
+            .flat_map(|r| r.services.values())
+            .map(|s| s.config.ports.len())
+            .sum();
+        if file == "ports.json" {
+            assert_eq!(
+                ports,
+                helios_actors::model::target::MAX_PORT_MAPPINGS as usize
+            );
+        }
+    }
+    assert!(cloud::convert(&read("cloud_target", "doc.json"), "dev", |_| None).is_ok());
+    let c = cloud::convert(&read("cloud_target", "ports.json"), "dev", |_| None).unwrap();
+    assert!(c.rejected.is_empty(), "{:?}", c.rejected);
 }
 
 proptest! {

@@ -503,3 +503,117 @@ async fn a_target_whose_planning_killed_helios_twice_is_given_up() {
     drop(second);
     empty_engine(&d).await;
 }
+
+/// Converting a fetched cloud document runs under its own marker
+/// (`<runtime dir>/helios-converting`, keyed by the document's digest). A document whose
+/// conversion killed two processes (a port range expanded without bound did, issue #14) is
+/// given up on the next start without being converted: rejected, the previous release keeps
+/// running, and a new document is converted and applied.
+#[tokio::test]
+async fn a_cloud_document_whose_conversion_killed_helios_twice_is_given_up() {
+    use crate::support::fake_cloud::FakeCloud;
+    let Some(infra) = infra("engine::crash") else {
+        return;
+    };
+    let d = docker(infra).await;
+    empty_engine(&d).await;
+    const UUID: &str = "converting-device";
+    let cloud = FakeCloud::start();
+    cloud.add_device(UUID, "device-key", 42);
+    let target = |rel: &str| {
+        json!({"name": "converting", "config": {}, "apps": {"conv-app": {
+            "id": 7, "name": "conv", "class": "fleet", "releases": {rel: {"id": 1, "services": {
+                "main": service(&infra.image_a, 1, json!({}))}}}}}})
+    };
+    cloud.set_target(UUID, target("c1"));
+    let home = tempfile::tempdir().unwrap();
+    let opts = AgentOpts::new(home.path())
+        .env("DOCKER_HOST", infra.docker_host.clone())
+        .env("HELIOS_REMOTE_POLL_MIN_INTERVAL_MS", "200")
+        .env("HELIOS_REMOTE_POLL_MAX_JITTER_MS", "0")
+        .arg("--uuid")
+        .arg(UUID)
+        .arg("--remote-api-endpoint")
+        .arg(cloud.url.clone())
+        .arg("--remote-api-key")
+        .arg("device-key")
+        .arg("--remote-poll-interval-ms")
+        .arg("1000");
+    let running = |name: &'static str| {
+        let d = d.clone();
+        async move {
+            d.inspect_container(name, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|c| c.state?.running)
+                == Some(true)
+        }
+    };
+    let mut first = Agent::start(opts.clone());
+    first.wait_status("done", Duration::from_secs(90));
+    assert!(running("main_c1").await);
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(30)).is_some());
+    let marker = home.path().join("run").join("helios-converting");
+    assert!(!marker.exists(), "a conversion that ended leaves no marker");
+
+    // What two processes that died converting c2 leave behind.
+    cloud.set_target(UUID, target("c2"));
+    let digest = helios_actors::ports::unfinished::digest(&json!({ UUID: target("c2") }));
+    std::fs::write(&marker, format!("2 {digest:016x}\n")).unwrap();
+    let second = Agent::start(opts);
+    let line = second
+        .wait_log(
+            |l| l.contains("decision=give_up") && l.contains("converting"),
+            Duration::from_secs(60),
+        )
+        .expect("the document is given up");
+    assert!(
+        line.contains("2 earlier processes died while converting this document"),
+        "{line}"
+    );
+    // Rejected like an unusable document (the status says so unless the start-up apply of
+    // the stored target is still running).
+    second
+        .wait_log(
+            |l| l.contains("Remote target rejected, nothing changes") && l.contains("converting"),
+            Duration::from_secs(10),
+        )
+        .expect("Seek is told the document is rejected");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !second.logs().iter().any(|l| l.contains("main_c2")),
+        "c2 was not planned"
+    );
+    assert!(
+        d.inspect_container("main_c2", None::<InspectContainerOptions>)
+            .await
+            .is_err(),
+        "nothing of c2 was created"
+    );
+    assert!(running("main_c1").await, "what runs is left alone");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        format!("2 {digest:016x}\n"),
+        "the refusal keeps the marker for later starts"
+    );
+
+    // A new document is converted and applied; its conversion ended: no marker.
+    cloud.set_target(UUID, target("c3"));
+    let ok = {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if running("main_c3").await {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(ok, "c3 is applied");
+    assert!(!marker.exists(), "its conversion ended: no marker");
+    drop(second);
+    empty_engine(&d).await;
+}
