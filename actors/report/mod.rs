@@ -384,22 +384,33 @@ impl StreamHandler<Option<crate::Secret>> for ReportActor {
 
 /// Sent by the API for `GET /v2/device/tags`: the device's tags as the cloud lists them.
 #[derive(Debug, actix::Message)]
-#[rtype(result = "Result<Vec<crate::ports::cloud::DeviceTag>, String>")]
+#[rtype(result = "Result<Vec<crate::ports::cloud::DeviceTag>, TagsError>")]
 pub struct GetTags;
+
+/// Why the device's tags could not be read from the cloud.
+#[derive(Debug, thiserror::Error)]
+pub enum TagsError {
+    #[error("no cloud connection")]
+    NoCloud,
+    #[error("the device is not registered yet")]
+    NotRegistered,
+    #[error("the cloud does not list device {0}")]
+    UnknownDevice(String),
+    #[error("the cloud could not be read")]
+    Cloud(#[source] crate::ports::cloud::CloudError),
+}
 
 impl actix::Handler<GetTags> for ReportActor {
     type Result =
-        actix::ResponseActFuture<Self, Result<Vec<crate::ports::cloud::DeviceTag>, String>>;
+        actix::ResponseActFuture<Self, Result<Vec<crate::ports::cloud::DeviceTag>, TagsError>>;
 
     /// Looks the numeric device id up once (`GET /v7/device`), then lists the tags.
     fn handle(&mut self, _: GetTags, _ctx: &mut Context<Self>) -> Self::Result {
         let (Some(cloud), Some(remote)) = (self.cloud.clone(), self.deps.remote.clone()) else {
-            return Box::pin(actix::fut::ready(Err("no cloud connection".to_string())));
+            return Box::pin(actix::fut::ready(Err(TagsError::NoCloud)));
         };
         let Some(key) = self.deps.remote_bus.get().api_key else {
-            return Box::pin(actix::fut::ready(Err(
-                "the device is not registered yet".to_string()
-            )));
+            return Box::pin(actix::fut::ready(Err(TagsError::NotRegistered)));
         };
         let known = self.device_id;
         let fut = async move {
@@ -407,14 +418,14 @@ impl actix::Handler<GetTags> for ReportActor {
                 Some(id) => id,
                 None => match cloud.find_device(&remote.uuid, key.expose()).await {
                     Ok(ids) if ids.len() == 1 => ids[0],
-                    Ok(_) => return Err(format!("the cloud does not list device {}", remote.uuid)),
-                    Err(e) => return Err(ErrorChain(&e).to_string()),
+                    Ok(_) => return Err(TagsError::UnknownDevice(remote.uuid.clone())),
+                    Err(e) => return Err(TagsError::Cloud(e)),
                 },
             };
             let tags = cloud
                 .get_tags(id, key.expose())
                 .await
-                .map_err(|e| ErrorChain(&e).to_string())?;
+                .map_err(TagsError::Cloud)?;
             Ok((id, tags))
         };
         Box::pin(fut.into_actor(self).map(|res, act, _| match res {
@@ -423,8 +434,8 @@ impl actix::Handler<GetTags> for ReportActor {
                 Ok(tags)
             }
             Err(e) => {
-                warn!(actor = "report", error:% = e, decision = "fail", reason = "GET /v2/device/tags";
-                    "Device tags not read from the cloud");
+                warn!(actor = "report", error:% = ErrorChain(&e), decision = "fail",
+                    reason = "GET /v2/device/tags"; "Device tags not read from the cloud");
                 Err(e)
             }
         }))

@@ -469,7 +469,10 @@ async fn get_tags(state: web::Data<ApiState>, _caller: Caller) -> Result<HttpRes
     };
     let tags = match report.send(helios_actors::report::GetTags).await {
         Ok(Ok(tags)) => tags,
-        Ok(Err(e)) => return Err(failed(500, format!("Device tags cannot be read: {e}"))),
+        Ok(Err(e)) => {
+            let e = helios_actors::ErrorChain(&e);
+            return Err(failed(500, format!("Device tags cannot be read: {e}")));
+        }
         Err(e) => return Err(failed(500, format!("Device tags cannot be read: {e}"))),
     };
     let tags: Vec<Value> = tags
