@@ -22,6 +22,10 @@
 //! `<dir>/helios-opening` (ports/unfinished.rs; inside the store dir, the one place a
 //! hardened service may write): when [`REPEATED`] earlier starts died while opening, the store
 //! is moved aside instead of crashing a third time.
+//!
+//! The store holds the device's keys: its dir is made `0700` before sled writes anything and
+//! its files `0600` after the open, whatever the umask or the service manager; a looser
+//! existing store is tightened with a log line (`decision=restrict`).
 
 use std::io;
 
