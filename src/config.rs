@@ -221,8 +221,79 @@ pub fn read_file(path: &Path) -> Result<Layer, ConfigError> {
 pub fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::File {
         path: path.into(),
-        message: e.to_string().trim_end().replace('\n', " "),
+        message: parse_error(text, &e),
     })
+}
+
+/// Where a parse error is (line, column, the key of that line) and what it is, without any
+/// value: the file holds keys, and a broken line (an unclosed quote, a wrong type) must not
+/// end up on stderr or in the log. toml's own text quotes the line and serde's quotes values.
+fn parse_error(text: &str, e: &toml::de::Error) -> String {
+    let mut out = String::new();
+    if let Some(start) = e.span().map(|s| s.start.min(text.len())) {
+        let before = &text.as_bytes()[..start];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
+        out = format!("line {line}, column {column}");
+        if let Some(key) = key_at(text, line) {
+            out.push_str(&format!(", key {key}"));
+        }
+        out.push_str(": ");
+    }
+    let message = e.message().lines().next().unwrap_or_default();
+    // serde quotes keys (the file's, then ours) in these: the file's only when it looks like one.
+    let names_keys = ["unknown field `", "missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split_once('`'))
+        .is_some_and(|(key, _)| is_key_name(key));
+    match message.find(['"', '\'', '`']) {
+        Some(i) if !names_keys => {
+            out.push_str(message[..i].trim_end());
+            out.push_str(" <redacted>");
+        }
+        _ => out.push_str(message),
+    }
+    out
+}
+
+/// Looks like one of our keys (lower-case words): safe to print. A key with digits, capitals
+/// or symbols may be a value that lost its `key =`.
+fn is_key_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 64
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || matches!(c, '_' | '.'))
+}
+
+/// The dotted key set on line `line` (1-based) of a TOML text: the table header above it and
+/// the bare key left of `=`; None unless both look like keys ([`is_key_name`]).
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let plain = is_key_name;
+    let lines: Vec<&str> = text.lines().collect();
+    let (key, _) = lines.get(line.checked_sub(1)?)?.split_once('=')?;
+    let key = key.trim();
+    if !plain(key) {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim());
+    match table {
+        Some(t) if plain(t) => Some(format!("{t}.{key}")),
+        Some(_) => None,
+        None => Some(key.to_string()),
+    }
 }
 
 /// The configuration a config file with this text gives, without environment or flags.

@@ -1,5 +1,6 @@
 //! Hostile-input entry points: each takes raw bytes as they would arrive (a cloud target
-//! document, a `/v3` app target, a device API body, the config file), must never panic, and
+//! document, a `/v3` app target, a device API body, the config file, what a container leaves
+//! at an update-lock path), must never panic, and
 //! checks what an accepted input promises. Run by the cargo-fuzz targets in `fuzz/`
 //! (`scripts/fuzz`) and, briefly, by the proptest fuzz tests of the normal suite.
 use std::path::Path;
@@ -124,8 +125,9 @@ pub fn config_file(data: &[u8]) {
         return;
     };
     let path = Path::new("/nonexistent/helios/config.toml");
-    let Ok(layer) = config::parse_file(path, text) else {
-        return;
+    let layer = match config::parse_file(path, text) {
+        Ok(l) => l,
+        Err(e) => return check_no_value_echoed(text, &e.to_string()),
     };
     let written = toml::to_string(&layer).expect("a parsed layer serialises");
     let back = config::parse_file(path, &written).expect("a written layer parses");
@@ -153,6 +155,91 @@ pub fn config_file(data: &[u8]) {
             assert!(!shown.contains(s), "secret {s:?} in {shown}");
         }
     }
+}
+
+/// A parse error of the config file locates the fault but never quotes a value: no value
+/// (the text right of an `=`, unquoted) of 12 characters or more that is not also a plain
+/// name (the error may name keys and the expected ones) appears in it.
+fn check_no_value_echoed(text: &str, error: &str) {
+    let name = |v: &str| {
+        v.chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+    };
+    for line in text.lines() {
+        let Some((_, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches(['"', '\'']);
+        if v.chars().count() >= 12 && !name(v) && !"/nonexistent/helios/config.toml".contains(v) {
+            assert!(!error.contains(v), "value {v:?} echoed in {error}");
+        }
+    }
+}
+
+static LOCK_CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What a container may leave at an update-lock path (its lock dir is bound read-write into
+/// it): the first byte picks the kind (file, link to a file, link to a FIFO, FIFO, directory,
+/// huge sparse file, dangling link), the rest is the content. The lock reader never follows a
+/// link, blocks or reads it whole; only a plain file holding helios's marker is helios's;
+/// anything else holds updates off unless forced, and taking over never touches a link's target.
+pub fn lock_file(data: &[u8]) {
+    use helios_actors::ports::locks::{inspect, Entry, LockError, Locks, MARKER};
+    use std::os::unix::fs::MetadataExt;
+    let Some((&kind, content)) = data.split_first() else {
+        return;
+    };
+    let n = LOCK_CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("helios-fuzz-locks-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let locks = Locks::new(&root);
+    let dir = locks.ensure_dir("app").expect("the lock dir can be made");
+    let lock = dir.join("updates.lock");
+    let outside = root.join("host-file");
+    std::fs::write(&outside, content).expect("a host file can be written");
+    let fifo = root.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::mkfifo(c.as_ptr(), 0o666) };
+    let kind = kind % 7;
+    match kind {
+        0 => std::fs::write(&lock, content).expect("written"),
+        1 => std::os::unix::fs::symlink(&outside, &lock).expect("linked"),
+        2 => std::os::unix::fs::symlink(&fifo, &lock).expect("linked"),
+        3 => std::fs::rename(&fifo, &lock).expect("moved"),
+        4 => std::fs::create_dir(&lock).expect("made"),
+        5 => {
+            let f = std::fs::File::create(&lock).expect("created");
+            let _ = f.set_len(1 << (30 + content.len() % 8));
+        }
+        _ => std::os::unix::fs::symlink(root.join("nowhere"), &lock).expect("linked"),
+    }
+    let owner = std::fs::metadata(&outside).expect("host file").uid();
+    let ours = kind == 0
+        && (content == MARKER
+            || std::fs::metadata(&lock)
+                .is_ok_and(|m| m.uid() == helios_actors::ports::locks::AGENT_UID));
+    let entry = inspect(&lock);
+    assert_eq!(entry == Entry::Ours, ours, "kind {kind}: {entry:?}");
+    assert_eq!(locks.user_locks("app").is_empty(), ours, "kind {kind}");
+    match locks.take("app", false) {
+        Ok(()) => assert!(ours, "kind {kind}: a user lock was taken"),
+        Err(LockError::Locked { .. }) => assert!(!ours, "kind {kind}: our own lock blocked"),
+        Err(e) => panic!("kind {kind}: {e}"),
+    }
+    locks.release_all();
+    locks.take("app", true).expect("forced");
+    assert_eq!(inspect(&lock), Entry::Ours);
+    locks.release_all();
+    assert_eq!(inspect(&lock), Entry::Absent, "released");
+    let host = std::fs::metadata(&outside).expect("the host file stays");
+    assert_eq!(host.uid(), owner, "a link's target was chowned");
+    assert_eq!(
+        std::fs::read(&outside).expect("host file"),
+        content,
+        "a link's target changed"
+    );
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[cfg(test)]

@@ -49,9 +49,11 @@
 //! at, and into `aborted` when it is deliberately not reached (§4.3). Every reader of the
 //! status (`/v3/status`, `/v1`, `/v2`, the report, `/metrics`) goes through it.
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -347,51 +349,114 @@ async fn fetch_scripts(e: &Engine, paths: &Paths, updater: &str) -> Result<(), H
     e.create_container(CONTAINER, body, vec![])
         .await
         .map_err(engine("creating the balenahup container"))?;
-    let copied = download_app(e).await;
+    let copied = copy_app(e, paths.scripts()).await;
     let removed = e.remove_container(CONTAINER).await;
     if let Err(err) = e.remove_image(updater).await {
         log::debug!(image:% = updater, error:% = crate::ErrorChain(&err), decision = "continue";
             "Updater image not removed");
     }
-    let tar = copied?;
+    copied?;
     removed.map_err(engine("removing the balenahup container"))?;
-    let dest = paths.scripts();
-    tokio::task::spawn_blocking(move || unpack_app(&tar, &dest))
-        .await
-        .map_err(|e| HupError::Copy {
-            path: paths.scripts(),
-            source: std::io::Error::other(e.to_string()),
-        })?
+    Ok(())
 }
 
-async fn download_app(e: &Engine) -> Result<Vec<u8>, HupError> {
+/// Streams the engine's archive of `/app` into [`unpack_app`] as it arrives (never held whole),
+/// refusing more than [`MAX_APP_BYTES`].
+async fn copy_app(e: &Engine, dest: PathBuf) -> Result<(), HupError> {
     let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
         .path("/app")
         .build();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let unpack = {
+        let dest = dest.clone();
+        tokio::task::spawn_blocking(move || {
+            unpack_app(
+                ChannelReader {
+                    rx,
+                    chunk: Bytes::new(),
+                },
+                &dest,
+            )
+        })
+    };
     let mut stream = e.docker().download_from_container(CONTAINER, Some(opts));
-    let mut tar = Vec::new();
+    let mut total = 0usize;
+    let mut failed = None;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| HupError::Engine {
-            step: "copying /app out of the balenahup container",
-            source: EngineError::Call {
-                call: "download from container",
-                source,
-            },
-        })?;
-        if tar.len() + chunk.len() > MAX_APP_BYTES {
-            return Err(HupError::Copy {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(source) => {
+                failed = Some(HupError::Engine {
+                    step: "copying /app out of the balenahup container",
+                    source: EngineError::Call {
+                        call: "download from container",
+                        source,
+                    },
+                });
+                break;
+            }
+        };
+        total += chunk.len();
+        if total > MAX_APP_BYTES {
+            failed = Some(HupError::Copy {
                 path: PathBuf::from("/app"),
-                source: std::io::Error::other("the updater's /app is larger than 256 MiB"),
+                source: std::io::Error::other(format!(
+                    "the updater's /app is larger than {} MiB",
+                    MAX_APP_BYTES >> 20
+                )),
             });
+            break;
         }
-        tar.extend_from_slice(&chunk);
+        // The unpacker gave up (its error is the answer): stop reading.
+        if tx.send(Ok(chunk)).await.is_err() {
+            break;
+        }
     }
-    Ok(tar)
+    if failed.is_some() {
+        // The unpacker sees a read error, not the end: nothing half-copied is kept.
+        let _ = tx
+            .send(Err(std::io::Error::other("the copy of /app was cut off")))
+            .await;
+    }
+    drop(tx);
+    let unpacked = unpack.await.map_err(|e| HupError::Copy {
+        path: dest,
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => unpacked,
+    }
+}
+
+/// The tar stream as the blocking unpacker reads it: chunks from [`copy_app`], an error if the
+/// copy was cut off, the end when it is done.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => self.chunk = c,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Unpacks the engine's archive of `/app` (entries under `app/`) so that `dest` holds what
-/// `/app` held; the previous scripts are replaced whole.
-pub fn unpack_app(tar: &[u8], dest: &Path) -> Result<(), HupError> {
+/// `/app` held; the previous scripts are replaced whole, and only once the whole archive was
+/// read. Regular files, directories and links staying inside `app/` only: setuid, setgid and
+/// sticky bits are dropped (the scripts run as root on the host), and a device, FIFO, sparse
+/// file or a link leading out refuses the archive.
+pub fn unpack_app(tar: impl Read, dest: &Path) -> Result<(), HupError> {
     let copy = |path: &Path| {
         let path = path.to_path_buf();
         move |source| HupError::Copy { path, source }
@@ -401,10 +466,14 @@ pub fn unpack_app(tar: &[u8], dest: &Path) -> Result<(), HupError> {
         std::fs::remove_dir_all(&staging).map_err(copy(&staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(copy(&staging))?;
-    let mut archive = tar::Archive::new(tar);
-    archive.set_preserve_permissions(true);
-    // `unpack` refuses entries that would land outside `staging`.
-    archive.unpack(&staging).map_err(copy(&staging))?;
+    let unpacked = unpack_entries(tar, &staging);
+    if let Err(source) = unpacked {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(HupError::Copy {
+            path: staging,
+            source,
+        });
+    }
     let app = staging.join("app");
     if !app.join("entry.sh").is_file() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -416,6 +485,69 @@ pub fn unpack_app(tar: &[u8], dest: &Path) -> Result<(), HupError> {
     std::fs::rename(&app, dest).map_err(copy(dest))?;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(())
+}
+
+fn unpack_entries(tar: impl Read, staging: &Path) -> std::io::Result<()> {
+    use tar::EntryType;
+    let mut archive = tar::Archive::new(tar);
+    // Mode bits but setuid/setgid/sticky (tar keeps `mode & 0o777` without this).
+    archive.set_preserve_permissions(false);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let kind = entry.header().entry_type();
+        let refuse = |why: &str| {
+            log::warn!(path:% = path.display(), decision = "refuse", reason = why;
+                "Updater archive refused");
+            Err(std::io::Error::other(format!("{}: {why}", path.display())))
+        };
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::Directory => {}
+            EntryType::Symlink | EntryType::Link => {
+                let Some(target) = entry.link_name()?.map(|t| t.into_owned()) else {
+                    return refuse("a link without a target");
+                };
+                // A symlink resolves from its own directory, a hard link from the archive root.
+                let base = match kind {
+                    EntryType::Symlink => path.parent().unwrap_or(Path::new("")).to_path_buf(),
+                    _ => PathBuf::new(),
+                };
+                if !stays_in_app(&base.join(&target)) {
+                    return refuse("a link leading out of /app");
+                }
+            }
+            _ => return refuse("only files, directories and links inside /app are copied"),
+        }
+        let mode = entry.header().mode().unwrap_or(0);
+        if kind != EntryType::Directory && mode & 0o7000 != 0 {
+            log::info!(path:% = path.display(), mode:% = format_args!("{mode:o}"), decision = "strip",
+                reason = "setuid, setgid and sticky bits are not copied"; "Updater file mode reduced");
+        }
+        // `unpack_in` skips entries that would land outside `staging`.
+        entry.unpack_in(staging)?;
+    }
+    // Read to the end: a copy cut off after the last entry still fails.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink())?;
+    Ok(())
+}
+
+/// Whether an archive path (relative, possibly with `..`) stays below `app/`.
+fn stays_in_app(path: &Path) -> bool {
+    use std::path::Component;
+    let mut depth: Vec<&std::ffi::OsStr> = vec![];
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => depth.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    depth.first().is_some_and(|d| *d == "app")
 }
 
 #[cfg(test)]
@@ -565,7 +697,7 @@ mod tests {
             ("app/entry.sh", b"#!/bin/sh\n", 0o755),
             ("app/lib/x", b"y", 0o644),
         ]);
-        unpack_app(&tar, &dest).unwrap();
+        unpack_app(&tar[..], &dest).unwrap();
         let mode = std::fs::metadata(dest.join("entry.sh"))
             .unwrap()
             .permissions()
@@ -574,10 +706,92 @@ mod tests {
         assert_eq!(std::fs::read(dest.join("lib/x")).unwrap(), b"y");
         assert!(!dest.join("stale").exists(), "replaced whole");
         let bad = archive(&[("app/other.sh", b"", 0o755)]);
-        assert!(matches!(unpack_app(&bad, &dest), Err(HupError::NoEntry)));
+        assert!(matches!(
+            unpack_app(&bad[..], &dest),
+            Err(HupError::NoEntry)
+        ));
         assert!(
             dest.join("entry.sh").exists(),
             "a bad archive leaves the old scripts"
         );
+    }
+
+    #[test]
+    fn unpack_app_drops_setuid_and_refuses_devices_and_links_leading_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let archive = |entries: &[(&str, tar::EntryType, &str, u32)]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (path, kind, link, mode) in entries {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(*kind);
+                h.set_mode(*mode);
+                let data: &[u8] = if *kind == tar::EntryType::Regular {
+                    b"#!/bin/sh\n"
+                } else {
+                    b""
+                };
+                h.set_size(data.len() as u64);
+                if !link.is_empty() {
+                    h.set_link_name(link).unwrap();
+                }
+                h.set_cksum();
+                b.append_data(&mut h, path, data).unwrap();
+            }
+            b.into_inner().unwrap()
+        };
+        let reg = tar::EntryType::Regular;
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("balenahup");
+        let ok = archive(&[
+            ("app/entry.sh", reg, "", 0o4755),
+            ("app/bin/tool", reg, "", 0o2750),
+            ("app/bin/sh", tar::EntryType::Symlink, "tool", 0o777),
+            ("app/lib", tar::EntryType::Symlink, "../app/bin", 0o777),
+        ]);
+        unpack_app(&ok[..], &dest).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(dest.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("entry.sh"), 0o755, "setuid dropped");
+        assert_eq!(mode("bin/tool"), 0o750, "setgid dropped");
+        assert_eq!(
+            std::fs::read_link(dest.join("bin/sh")).unwrap(),
+            Path::new("tool")
+        );
+
+        for (bad, why) in [
+            (("app/null", tar::EntryType::Char, "", 0o666), "device"),
+            (("app/pipe", tar::EntryType::Fifo, "", 0o666), "fifo"),
+            (
+                (
+                    "app/passwd",
+                    tar::EntryType::Symlink,
+                    "../../etc/passwd",
+                    0o777,
+                ),
+                "symlink out",
+            ),
+            (
+                ("app/root", tar::EntryType::Symlink, "/", 0o777),
+                "absolute symlink",
+            ),
+            (
+                ("app/shadow", tar::EntryType::Link, "etc/shadow", 0o644),
+                "hard link out",
+            ),
+        ] {
+            let tar = archive(&[("app/entry.sh", reg, "", 0o755), bad]);
+            let e = unpack_app(&tar[..], &dest).unwrap_err();
+            assert!(matches!(e, HupError::Copy { .. }), "{why}: {e}");
+            assert_eq!(mode("entry.sh"), 0o755, "{why}: the old scripts stay");
+            assert!(
+                !dest.with_extension("new").exists(),
+                "{why}: staging removed"
+            );
+        }
     }
 }

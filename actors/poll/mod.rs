@@ -1,6 +1,7 @@
 //! PollActor talks to the remote: registration, then polling the target state.
 //! Owns: the remote client, the device key, the ETag and the poll schedule (interval + jitter,
-//! error backoff from the minimum interval doubling to the interval, `Retry-After`).
+//! error backoff from the minimum interval doubling to the interval, `Retry-After` capped at
+//! the interval, a device config's interval capped at a day: limits.rs).
 //! Handles: TriggerPoll (`POST /v1/update`).
 //! Sends: targets on the TargetBus (persisted with their ETag), RemoteInfo on the RemoteBus,
 //! Reapply (304 after a trigger) and MarkRejected (unusable document) to Seek.
@@ -55,6 +56,7 @@ use crate::seek::{MarkRejected, Reapply};
 use crate::supervise::{Restarts, Resumable};
 use crate::{ErrorChain, Secret};
 
+mod limits;
 pub mod register;
 
 /// How to reach the remote (spec/helios-api-v3.md §2.1, §5).
@@ -221,6 +223,11 @@ impl PollActor {
         d
     }
 
+    /// The longest a remote's `Retry-After` makes the device wait: the poll interval.
+    fn retry_cap(&self) -> Duration {
+        self.interval.max(self.remote().poll_min_interval)
+    }
+
     fn register(&mut self, ctx: &mut Context<Self>) {
         let (Some(cloud), Some(p)) = (self.cloud.clone(), self.deps.provisioning.clone()) else {
             return;
@@ -257,7 +264,8 @@ impl PollActor {
                         act.poll(None, ctx);
                     }
                     Err(e) => {
-                        let delay = e.retry_after().unwrap_or_else(|| act.backoff());
+                        let delay = limits::retry_after(e.retry_after(), act.retry_cap(), "registration")
+                            .unwrap_or_else(|| act.backoff());
                         warn!(actor = "poll", error:% = ErrorChain(&e), delay_ms = delay.as_millis() as u64,
                             transient = e.is_transient(), decision = "retry"; "Registration failed");
                         ctx.run_later(delay, |a, ctx| a.register(ctx));
@@ -400,7 +408,8 @@ impl PollActor {
             }
             Err(e) => {
                 METRICS.poll(PollResult::Error);
-                let delay = e.retry_after().unwrap_or_else(|| self.backoff());
+                let delay = limits::retry_after(e.retry_after(), self.retry_cap(), "poll")
+                    .unwrap_or_else(|| self.backoff());
                 let (attempt, delay_ms) = (self.failures, delay.as_millis() as u64);
                 if attempt <= 1 {
                     warn!(actor = "poll", attempt, delay_ms, error:% = ErrorChain(&e), decision = "retry"; "Target fetch failed");
@@ -510,7 +519,7 @@ impl PollActor {
                         decision = "reject"; "Target release rejected");
                 }
                 if let Some(i) = conv.poll_interval {
-                    let i = i.max(self.remote().poll_min_interval);
+                    let i = limits::interval(i, self.remote().poll_min_interval);
                     if i != self.interval {
                         info!(actor = "poll", interval_ms = i.as_millis() as u64, decision = "configure",
                             reason = "poll interval from the device config"; "Poll interval changed");

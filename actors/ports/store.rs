@@ -22,6 +22,10 @@
 //! `<dir>/helios-opening` (ports/unfinished.rs; inside the store dir, the one place a
 //! hardened service may write): when [`REPEATED`] earlier starts died while opening, the store
 //! is moved aside instead of crashing a third time.
+//!
+//! The store holds the device's keys: its dir is made `0700` before sled writes anything and
+//! its files `0600` after the open, whatever the umask or the service manager; a looser
+//! existing store is tightened with a log line (`decision=restrict`).
 
 use std::io;
 
@@ -373,6 +377,7 @@ fn open_with(
 ) -> Result<(Store, Opened), StoreError> {
     let existed = dir.symlink_metadata().is_ok();
     let marker = std::fs::create_dir_all(dir)
+        .map(|()| restrict(dir, existed))
         .and_then(|()| Unfinished::begin(&dir.join(OPENING_MARKER), "open"));
     match marker {
         Ok((_marker, died)) => open_checked(dir, cache_capacity, opts, died, existed),
@@ -420,6 +425,7 @@ fn open_checked(
                     migrated_from: None,
                 },
             };
+            restrict(dir, false);
             log_opened(&store, &opened);
             return Ok((store, opened));
         }
@@ -442,6 +448,7 @@ fn open_checked(
     match try_open(dir, cache_capacity, opts, false) {
         Ok((store, _)) => {
             let opened = Opened::Recovered { moved_to, reason };
+            restrict(dir, false);
             log_opened(&store, &opened);
             Ok((store, opened))
         }
@@ -450,6 +457,42 @@ fn open_checked(
             path: dir.to_owned(),
             reason,
         }),
+    }
+}
+
+/// Dirs of the store are `0700` and its files `0600`, whatever the umask or the service manager
+/// (it holds the device's keys). Runs before sled writes anything (so its new files are never
+/// reachable by others) and again after the open (so they are `0600` too); an `existing` store
+/// found looser is tightened with a log line. Links are not followed.
+fn restrict(dir: &Path, existing: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(path: &Path, meta: &std::fs::Metadata, tightened: &mut u32) -> io::Result<()> {
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o777 != want {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))?;
+            *tightened += 1;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if meta.is_dir() || meta.is_file() {
+                    walk(&entry.path(), &meta, tightened)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut tightened = 0;
+    // The store dir itself may be a link an operator made: its target is the store.
+    match dir.metadata().and_then(|m| walk(dir, &m, &mut tightened)) {
+        Ok(()) if existing && tightened > 0 => {
+            info!(path:% = dir.display(), tightened, decision = "restrict",
+                reason = "the store holds keys: dirs 0700, files 0600"; "Store permissions tightened")
+        }
+        Ok(()) => {}
+        Err(e) => warn!(path:% = dir.display(), error:% = e, decision = "continue",
+            reason = "cannot restrict the store's permissions"; "Store permissions unchanged"),
     }
 }
 
@@ -896,6 +939,63 @@ mod tests {
         let mut out = Vec::new();
         list_files(dir, Path::new(""), &mut out).unwrap();
         out.into_iter().map(|(_, full)| full).collect()
+    }
+
+    /// Every dir and file under `dir` (itself included) with its permission bits.
+    fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = vec![(
+            dir.to_owned(),
+            dir.metadata().unwrap().permissions().mode() & 0o7777,
+        )];
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                out.extend(modes(&e.path()));
+            } else {
+                out.push((e.path(), meta.permissions().mode() & 0o7777));
+            }
+        }
+        out
+    }
+
+    fn assert_private(dir: &Path) {
+        for (p, mode) in modes(dir) {
+            let want = if p.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{} has mode {mode:o}", p.display());
+        }
+    }
+
+    #[test]
+    fn the_store_is_private_whatever_the_umask_and_a_loose_one_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask only swaps the process's file-creation mask (nextest: one test a process).
+        let old = unsafe { libc::umask(0) };
+        let (_tmp, dir) = populated_store();
+        let (store, _) = Store::open(&dir, CACHE).unwrap();
+        unsafe { libc::umask(old) };
+        assert!(files_in(&dir).len() >= 2, "{:?}", files_in(&dir));
+        assert_private(&dir);
+        close_store(store);
+
+        // Loosened by someone else: tightened at the next open.
+        for (p, _) in modes(&dir) {
+            let loose = if p.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(loose)).unwrap();
+        }
+        let (store, opened) = Store::open(&dir, CACHE).unwrap();
+        assert_eq!(
+            opened,
+            Opened::Existing {
+                migrated_from: None
+            }
+        );
+        assert_private(&dir);
+        assert_eq!(
+            store.get_json("current").unwrap(),
+            Some(json!({"apps": {"a": 1}}))
+        );
     }
 
     /// xorshift64: random enough garbage without a dependency.

@@ -522,6 +522,10 @@ async fn patch_tags(
             }
             Ok(HttpResponse::Accepted().json(json!({"status": "success"})))
         }
+        // Logged where refused; 507: nothing stored, retry once the cloud took the pending ones.
+        Err(e @ helios_actors::report::tags::TagsError::Full { .. }) => {
+            Err(failed(507, e.to_string()))
+        }
         Err(e) => {
             warn!(error:% = ErrorChain(&e), decision = "reject"; "Device tags not stored");
             Err(failed(500, format!("tags not stored: {e}")))

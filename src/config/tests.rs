@@ -136,6 +136,57 @@ fn unknown_file_keys_and_bad_values_name_the_key() {
 }
 
 #[test]
+fn a_broken_line_is_located_without_echoing_its_value() {
+    const SECRET: &str = "s3cr3t-K3Y-0123456789abcdef";
+    for (text, line, key) in [
+        (
+            format!("[remote]\napi_key = \"{SECRET}\n"),
+            2,
+            Some("remote.api_key"),
+        ),
+        (
+            format!("[remote]\napi_key = {SECRET}\n"),
+            2,
+            Some("remote.api_key"),
+        ),
+        (
+            format!("[remote]\nrequest_timeout_ms = \"{SECRET}\"\n"),
+            2,
+            Some("remote.request_timeout_ms"),
+        ),
+        (
+            format!("# c\n[remote]\napi_key = 1{}\n", "7".repeat(30)),
+            3,
+            Some("remote.api_key"),
+        ),
+        (
+            format!("[remote]\napi_key = [\"{SECRET}\"]\n"),
+            2,
+            Some("remote.api_key"),
+        ),
+        (format!("[remote]\n{SECRET}\n"), 2, None),
+        (format!("[remote]\n\"{SECRET}\" = 1\n"), 2, None),
+    ] {
+        let e = Case::new()
+            .file(&text)
+            .resolve(&[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains(SECRET) && !e.contains(&"7".repeat(30)),
+            "{text:?}: {e}"
+        );
+        assert!(
+            e.contains(&format!("line {line}, column ")),
+            "{text:?}: {e}"
+        );
+        if let Some(key) = key {
+            assert!(e.contains(&format!("key {key}")), "{text:?}: {e}");
+        }
+    }
+}
+
+#[test]
 fn partners_are_required() {
     let e = Case::new()
         .resolve(&["--remote-api-key", "k"], &[])

@@ -337,6 +337,14 @@ proptest! {
         app_target(&data);
         local_target_state(&data);
         config_file(&data);
+        lock_file(&data);
+    }
+
+    #[test]
+    fn lock_files_of_every_kind(kind in 0u8..7, marker in any::<bool>(), tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+        let mut data = vec![kind];
+        data.extend_from_slice(if marker { helios_actors::ports::locks::MARKER } else { &tail });
+        lock_file(&data);
     }
 
     #[test]

@@ -92,3 +92,33 @@ fn bad_flags_and_values_exit_2_naming_the_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("listn"), "{err}");
 }
+
+#[test]
+fn a_broken_config_line_never_reaches_stderr_or_the_log() {
+    const SECRET: &str = "s3cr3t-K3Y-0123456789abcdef";
+    let home = tempfile::tempdir().unwrap();
+    let cfg = home.path().join("c.toml");
+    for text in [
+        format!("[remote]\napi_key = \"{SECRET}\n"),
+        format!("[remote]\nrequest_timeout_ms = \"{SECRET}\"\n"),
+    ] {
+        std::fs::write(&cfg, &text).unwrap();
+        let out = helios_command(home.path())
+            .args(["--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .output()
+            .expect("helios runs");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("line 2, column "), "{stderr}");
+        assert!(stderr.contains("remote."), "{stderr}");
+        assert!(
+            !stderr.contains(SECRET) && !stdout.contains(SECRET),
+            "{text:?} echoed: {stderr}"
+        );
+    }
+}

@@ -12,5 +12,6 @@ mod hostile_api;
 mod infra_smoke;
 mod lifecycle;
 mod proxy;
+mod remote_limits;
 mod support;
 mod tags;

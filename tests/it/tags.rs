@@ -137,3 +137,26 @@ fn local_tags_are_pushed_once_changed_and_survive_failures_and_restarts() {
         "no key in the log"
     );
 }
+
+#[test]
+fn pending_tags_are_bounded_and_a_write_beyond_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(AgentOpts::new(home.path()).arg("--device-api-key").arg(KEY));
+    let many: serde_json::Map<String, Value> = (0..1001)
+        .map(|i| (format!("tag-{i}"), json!("v")))
+        .collect();
+    let r = http(
+        agent.addr,
+        "PATCH",
+        &format!("/v2/device/tags?apikey={KEY}"),
+        Some(("application/json", &Value::Object(many).to_string())),
+    );
+    assert_eq!(r.status, 507, "{}", r.body);
+    assert!(r.body.contains("too many device tags"), "{}", r.body);
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("Device tags not queued") && l.contains("decision=refuse")));
+    // Nothing of the refused write was stored; a small one still is.
+    patch(&agent, r#"{"room": "hall"}"#);
+}

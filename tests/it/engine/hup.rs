@@ -111,7 +111,11 @@ async fn setup(infra: &Infra, exit: Option<&str>) -> Setup {
         infra,
         &d,
         "helios-test/updater:hup",
-        &[("app/entry.sh", ENTRY_SH.as_bytes(), 0o755)],
+        &[
+            ("app/entry.sh", ENTRY_SH.as_bytes(), 0o755),
+            // A setuid helper: copied without the bit (the scripts run as root on the host).
+            ("app/bin/helper", b"#!/bin/sh\n", 0o4755),
+        ],
     )
     .await;
     let home = tempfile::tempdir().unwrap();
@@ -287,6 +291,13 @@ async fn a_host_os_update_runs_the_updater_once_and_waits_for_the_reboot() {
     assert!(
         runs[0].contains(&format!("pwd={}", wd.display())),
         "{runs:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let helper = std::fs::metadata(wd.join("bin/helper")).expect("the updater's /app copied whole");
+    assert_eq!(
+        helper.permissions().mode() & 0o7777,
+        0o755,
+        "the setuid bit is not copied"
     );
     assert!(
         runs[0].contains(&format!("lock={}", user_lock.display())),
