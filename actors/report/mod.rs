@@ -384,12 +384,12 @@ impl StreamHandler<Option<crate::Secret>> for ReportActor {
 
 /// Sent by the API for `GET /v2/device/tags`: the device's tags as the cloud lists them.
 #[derive(Debug, actix::Message)]
-#[rtype(result = "Result<Vec<crate::ports::cloud::DeviceTag>, TagsError>")]
+#[rtype(result = "Result<Vec<crate::ports::cloud::DeviceTag>, GetTagsError>")]
 pub struct GetTags;
 
 /// Why the device's tags could not be read from the cloud.
 #[derive(Debug, thiserror::Error)]
-pub enum TagsError {
+pub enum GetTagsError {
     #[error("no cloud connection")]
     NoCloud,
     #[error("the device is not registered yet")]
@@ -402,15 +402,15 @@ pub enum TagsError {
 
 impl actix::Handler<GetTags> for ReportActor {
     type Result =
-        actix::ResponseActFuture<Self, Result<Vec<crate::ports::cloud::DeviceTag>, TagsError>>;
+        actix::ResponseActFuture<Self, Result<Vec<crate::ports::cloud::DeviceTag>, GetTagsError>>;
 
     /// Looks the numeric device id up once (`GET /v7/device`), then lists the tags.
     fn handle(&mut self, _: GetTags, _ctx: &mut Context<Self>) -> Self::Result {
         let (Some(cloud), Some(remote)) = (self.cloud.clone(), self.deps.remote.clone()) else {
-            return Box::pin(actix::fut::ready(Err(TagsError::NoCloud)));
+            return Box::pin(actix::fut::ready(Err(GetTagsError::NoCloud)));
         };
         let Some(key) = self.deps.remote_bus.get().api_key else {
-            return Box::pin(actix::fut::ready(Err(TagsError::NotRegistered)));
+            return Box::pin(actix::fut::ready(Err(GetTagsError::NotRegistered)));
         };
         let known = self.device_id;
         let fut = async move {
@@ -418,14 +418,14 @@ impl actix::Handler<GetTags> for ReportActor {
                 Some(id) => id,
                 None => match cloud.find_device(&remote.uuid, key.expose()).await {
                     Ok(ids) if ids.len() == 1 => ids[0],
-                    Ok(_) => return Err(TagsError::UnknownDevice(remote.uuid.clone())),
-                    Err(e) => return Err(TagsError::Cloud(e)),
+                    Ok(_) => return Err(GetTagsError::UnknownDevice(remote.uuid.clone())),
+                    Err(e) => return Err(GetTagsError::Cloud(e)),
                 },
             };
             let tags = cloud
                 .get_tags(id, key.expose())
                 .await
-                .map_err(TagsError::Cloud)?;
+                .map_err(GetTagsError::Cloud)?;
             Ok((id, tags))
         };
         Box::pin(fut.into_actor(self).map(|res, act, _| match res {
