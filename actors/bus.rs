@@ -57,7 +57,7 @@ use crate::ErrorChain;
 
 /// Store key of the last current state: `{"device": <the /v3/device document>, "model": <the
 /// planner's Device>}`.
-pub const CURRENT_KEY: &str = "current";
+pub const CURRENT_KEY: &str = crate::ports::store::keys::CURRENT;
 /// How long [`StateBus::persist`] lets a burst of changes (the steps of an apply) settle.
 const PERSIST_DEBOUNCE: Duration = Duration::from_secs(1);
 

@@ -71,7 +71,7 @@ pub const UNIT: &str = "os-update.service";
 /// The container the updater scripts are copied out of (created, never started).
 pub const CONTAINER: &str = "balenahup";
 /// Store key of the host release records (one map, release uuid → [`Record`]).
-pub const RECORDS_KEY: &str = "host/releases";
+pub const RECORDS_KEY: &str = crate::ports::store::keys::HOST_RELEASES;
 /// How long the updater may run before it counts as failed.
 pub const UNIT_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 /// Largest updater `/app` accepted.

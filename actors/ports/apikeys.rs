@@ -32,7 +32,7 @@ use crate::ports::store::{Durability, Store, StoreError};
 use crate::{random_hex32, ErrorChain, Secret};
 
 /// Store key of the service keys.
-pub const STORE_KEY: &str = "apikeys";
+pub const STORE_KEY: &str = crate::ports::store::keys::APIKEYS;
 /// The label that gives a service a key and the API's address (behaviours.md §4.5).
 pub const FEATURE_LABEL: &str = "io.balena.features.supervisor-api";
 /// `BALENA_SUPERVISOR_PORT` when the API has no TCP listener (the relay's port, helios-proxy.md).

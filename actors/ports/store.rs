@@ -46,6 +46,60 @@ use serde::{Deserialize, Serialize};
 
 use crate::ErrorChain;
 
+/// Every key of tree `state`, in one place: ARCHITECTURE.md's "Store schema" lists exactly these
+/// (`tests/it/architecture.rs` compares), and debug builds refuse any other key, so a new key
+/// cannot be added without being listed. The constants its users name are these strings.
+pub mod keys {
+    /// The target envelope (TargetBus).
+    pub const TARGET: &str = helios_migrations::TARGET_KEY;
+    /// The last current state (StateBus).
+    pub const CURRENT: &str = "current";
+    /// App records (Seek).
+    pub const APPS: &str = "apps";
+    /// Images helios pulled (Seek).
+    pub const IMAGES: &str = "images";
+    /// The target given up on (Seek).
+    pub const GIVEN_UP: &str = "seek/given-up";
+    /// The last successful report (Report).
+    pub const LAST_REPORT: &str = "report/last";
+    /// Device tags not yet pushed (API, Report).
+    pub const TAGS_PENDING: &str = "tags/pending";
+    /// Device tags as the cloud took them (Report).
+    pub const TAGS_REPORTED: &str = "tags/reported";
+    /// Service-scoped device API keys.
+    pub const APIKEYS: &str = "apikeys";
+    /// Host OS release records (Host).
+    pub const HOST_RELEASES: &str = "host/releases";
+    /// App owners in proxy mode (Poll).
+    pub const PROXY_OWNERS: &str = "proxy/owners";
+    /// The legacy supervisor's target copy (Proxy).
+    pub const PROXY_LEGACY_TARGET: &str = "proxy/legacy_target";
+
+    pub const ALL: [&str; 12] = [
+        TARGET,
+        CURRENT,
+        APPS,
+        IMAGES,
+        GIVEN_UP,
+        LAST_REPORT,
+        TAGS_PENDING,
+        TAGS_REPORTED,
+        APIKEYS,
+        HOST_RELEASES,
+        PROXY_OWNERS,
+        PROXY_LEGACY_TARGET,
+    ];
+
+    /// Debug builds refuse keys the schema does not list (the store's own unit tests use
+    /// scratch keys).
+    pub(super) fn check(key: &str) {
+        debug_assert!(
+            cfg!(test) || ALL.contains(&key),
+            "store key {key:?} is not in ports::store::keys::ALL (and ARCHITECTURE.md)"
+        );
+    }
+}
+
 /// How long `open` waits for the lock of a store that another handle is still releasing.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Stores up to this size are read into memory before opening, so that the files moved aside
@@ -229,6 +283,7 @@ impl Store {
 
     /// A bookkeeping document from tree `state` (e.g. "current", "report/last").
     pub fn get_json(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        keys::check(key);
         let Some(bytes) = self.state.get(key).map_err(access(key))? else {
             return Ok(None);
         };
@@ -248,6 +303,7 @@ impl Store {
         v: &serde_json::Value,
         durability: Durability,
     ) -> Result<(), StoreError> {
+        keys::check(key);
         if key == TARGET_KEY {
             return Err(StoreError::ReservedKey {
                 key: key.to_owned(),
@@ -268,6 +324,7 @@ impl Store {
 
     /// Removes a key from tree `state` (the target too); flushed when something was removed.
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
+        keys::check(key);
         if self.state.remove(key).map_err(access(key))?.is_some() {
             self.flush()?;
         }

@@ -45,7 +45,7 @@ use crate::supervise::{Restarts, Resumable};
 use crate::ErrorChain;
 
 /// Store key of the last successful report.
-pub const LAST_REPORT_KEY: &str = "report/last";
+pub const LAST_REPORT_KEY: &str = crate::ports::store::keys::LAST_REPORT;
 /// Metric-only changes wait this long after the last report (spec §5.3).
 const METRICS_EVERY: Duration = Duration::from_secs(300);
 /// First failure backoff (spec §6).

@@ -35,9 +35,9 @@ fn over_bounds(tags: &Map<String, Value>) -> Option<(usize, usize)> {
 }
 
 /// Tags written locally and not yet sent.
-pub const PENDING_KEY: &str = "tags/pending";
+pub const PENDING_KEY: &str = crate::ports::store::keys::TAGS_PENDING;
 /// Tags the cloud acknowledged.
-pub const REPORTED_KEY: &str = "tags/reported";
+pub const REPORTED_KEY: &str = crate::ports::store::keys::TAGS_REPORTED;
 
 /// Serialises every read-modify-write of the tag maps (the API queues, the report settles).
 static TAGS: Mutex<()> = Mutex::new(());

@@ -189,3 +189,24 @@ fn the_model_and_the_ports_import_no_layer_above_them() {
     }
     assert!(wrong.is_empty(), "imports that run back up: {wrong:#?}");
 }
+
+#[test]
+fn the_store_schema_lists_exactly_the_store_keys() {
+    let doc = architecture();
+    let schema = section(&doc, "Store schema");
+    let mut listed = BTreeSet::new();
+    for line in schema.lines().filter(|l| l.starts_with("| `")) {
+        let first = line.split('|').nth(1).unwrap_or("");
+        for key in first.split('`').skip(1).step_by(2) {
+            listed.insert(key.to_string());
+        }
+    }
+    let known: BTreeSet<String> = helios_actors::ports::store::keys::ALL
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(
+        listed, known,
+        "ARCHITECTURE.md's store schema and ports::store::keys::ALL differ"
+    );
+}
