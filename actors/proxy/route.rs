@@ -102,6 +102,18 @@ impl LegacyAuth {
     }
 }
 
+/// The key a request presents the way the legacy supervisor sends its device key
+/// (spec/registration.md §8): the `apikey` query parameter (it wins, even when empty), else
+/// `Authorization: Bearer <key>` (scheme case-insensitive). Any characters: the key is the
+/// cloud's, whatever its format.
+pub fn presented_key<'a>(query: &'a str, authorization: Option<&'a str>) -> Option<&'a str> {
+    if let Some(k) = query.split('&').find_map(|p| p.strip_prefix("apikey=")) {
+        return Some(k);
+    }
+    let (scheme, key) = authorization?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(key)
+}
+
 /// Compares the presented key with the device key in constant time.
 pub fn authenticate(presented: Option<&str>, device_key: Option<&Secret>) -> LegacyAuth {
     let Some(device_key) = device_key else {
@@ -203,12 +215,18 @@ mod tests {
     fn only_the_legacy_copy_and_report_need_the_device_key() {
         let r = routing(Some("http://api"));
         let ua = Some("Supervisor/16.0.0");
-        assert!(r.route("GET", "/device/v3/dev1/state", ua).acts_for_legacy());
+        assert!(r
+            .route("GET", "/device/v3/dev1/state", ua)
+            .acts_for_legacy());
         assert!(r.route("PATCH", "/device/v3/state", ua).acts_for_legacy());
         // Passed through: the API or the legacy supervisor checks the caller's own key.
         assert!(!r.route("GET", "/v7/device", ua).acts_for_legacy());
-        assert!(!r.route("GET", "/device/v3/dev1/state", None).acts_for_legacy());
-        assert!(!routing(None).route("PATCH", "/device/v3/state", ua).acts_for_legacy());
+        assert!(!r
+            .route("GET", "/device/v3/dev1/state", None)
+            .acts_for_legacy());
+        assert!(!routing(None)
+            .route("PATCH", "/device/v3/state", ua)
+            .acts_for_legacy());
     }
 
     #[test]
@@ -219,13 +237,38 @@ mod tests {
             LegacyAuth::Device
         );
         assert_eq!(authenticate(None, Some(&key)), LegacyAuth::Missing);
-        for wrong in ["", "c0ffee5a1b2c4d3e8f9a0b1c2d3e4f5", "C0FFEE5A1B2C4D3E8F9A0B1C2D3E4F50"] {
-            assert_eq!(authenticate(Some(wrong), Some(&key)), LegacyAuth::Wrong, "{wrong:?}");
+        for wrong in [
+            "",
+            "c0ffee5a1b2c4d3e8f9a0b1c2d3e4f5",
+            "C0FFEE5A1B2C4D3E8F9A0B1C2D3E4F50",
+        ] {
+            assert_eq!(
+                authenticate(Some(wrong), Some(&key)),
+                LegacyAuth::Wrong,
+                "{wrong:?}"
+            );
         }
         assert_eq!(
             authenticate(Some("c0ffee5a1b2c4d3e8f9a0b1c2d3e4f50"), None),
             LegacyAuth::Unknown
         );
+    }
+
+    #[test]
+    fn the_key_is_read_from_apikey_or_a_bearer_token() {
+        assert_eq!(
+            presented_key("a=1&apikey=k-1", Some("Bearer other")),
+            Some("k-1")
+        );
+        assert_eq!(presented_key("apikey=", None), Some(""));
+        assert_eq!(
+            presented_key("", Some("Bearer device-key")),
+            Some("device-key")
+        );
+        assert_eq!(presented_key("", Some("bearer k")), Some("k"));
+        assert_eq!(presented_key("xapikey=k", Some("Basic k")), None);
+        assert_eq!(presented_key("", Some("Bearer")), None);
+        assert_eq!(presented_key("", None), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
 use serde_json::{json, Value};
 
-use helios_actors::proxy::{authenticate, LegacyAuth, Route, RoutingBus};
+use helios_actors::proxy::{authenticate, presented_key, LegacyAuth, Route, RoutingBus};
 
 use super::ApiState;
 
@@ -184,8 +184,12 @@ pub async fn forward(
 /// key. While helios does not know the key yet, 503 with a `Retry-After`.
 fn refuse_unproven(req: &HttpRequest, state: &ApiState, unmanaged: bool) -> Option<HttpResponse> {
     let device_key = state.remote.read(|r| r.api_key.clone());
-    let presented = super::auth::presented_key(req);
-    let auth = authenticate(presented.as_deref(), device_key.as_ref());
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let presented = presented_key(req.query_string(), authorization);
+    let auth = authenticate(presented, device_key.as_ref());
     match auth {
         LegacyAuth::Device => None,
         LegacyAuth::Unknown => {
@@ -208,11 +212,7 @@ fn refuse_unproven(req: &HttpRequest, state: &ApiState, unmanaged: bool) -> Opti
 
 /// Hands the legacy supervisor's reported apps to helios's reporter once the API accepted the
 /// report they came with (a refused report changes nothing; its status goes back unchanged).
-fn merge_legacy_apps(
-    state: &ApiState,
-    status: StatusCode,
-    apps: serde_json::Map<String, Value>,
-) {
+fn merge_legacy_apps(state: &ApiState, status: StatusCode, apps: serde_json::Map<String, Value>) {
     if !status.is_success() {
         info!(status = status.as_u16(), apps = apps.len(), decision = "drop",
             reason = "the API did not accept the legacy report"; "Legacy report apps not merged");

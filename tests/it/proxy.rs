@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use helios_actors::ports::store::{Durability, Store};
 
 use crate::support::agent::{eventually, Agent, AgentOpts};
-use crate::support::fake_cloud::{Fault, FakeCloud, Route};
+use crate::support::fake_cloud::{FakeCloud, Fault, Route};
 use crate::support::fake_legacy::{pattern_byte, pattern_sum, FakeLegacy};
 
 const UUID: &str = "proxy-device-1";
@@ -451,7 +451,11 @@ fn seed_legacy_target(o: &AgentOpts) {
         "apps": {LEGACY_APP: {"id": 2, "name": "fleet2", "class": "fleet", "releases": {}}}}});
     let (store, _) = Store::open(&o.state_dir(), 1 << 20).unwrap();
     store
-        .put_json(helios_actors::proxy::LEGACY_TARGET_KEY, &doc, Durability::Flush)
+        .put_json(
+            helios_actors::proxy::LEGACY_TARGET_KEY,
+            &doc,
+            Durability::Flush,
+        )
         .unwrap();
 }
 
@@ -537,9 +541,15 @@ fn a_supervisor_user_agent_without_the_device_key_gets_nothing() {
     // Any other local process claiming to be it: 401, nothing of the copy, one line each.
     let attempts: [(String, Vec<(&str, &str)>); 4] = [
         (path.clone(), vec![ua]),
-        (path.clone(), vec![ua, ("Authorization", "Bearer wrong-key")]),
+        (
+            path.clone(),
+            vec![ua, ("Authorization", "Bearer wrong-key")],
+        ),
         // The legacy supervisor's device-API key is not its cloud identity.
-        (path.clone(), vec![ua, ("Authorization", "Bearer legacy-key")]),
+        (
+            path.clone(),
+            vec![ua, ("Authorization", "Bearer legacy-key")],
+        ),
         (format!("{path}?apikey=wrong-key"), vec![ua]),
     ];
     for (p, headers) in &attempts {
