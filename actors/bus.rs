@@ -327,6 +327,11 @@ impl<T: Clone + PartialEq> Latest<T> {
         self.tx.borrow().clone()
     }
 
+    /// Reads a part without cloning the whole value (keep `f` short: writers wait).
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.tx.borrow())
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<T> {
         self.tx.subscribe()
     }

@@ -73,7 +73,9 @@ use crate::ports::store::{Durability, Store};
 use crate::supervise::{Restarts, Resumable};
 use crate::{ErrorChain, Secret};
 
-pub use route::{LegacyTarget, Route, Routing, LEGACY_UA_PREFIX};
+pub use route::{
+    authenticate, presented_key, LegacyAuth, LegacyTarget, Route, Routing, LEGACY_UA_PREFIX,
+};
 pub use split::{Owner, Split};
 
 /// Store key of the app owners of the last split (`{"<app uuid>": "helios" | "legacy"}`).

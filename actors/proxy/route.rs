@@ -1,7 +1,12 @@
 //! Request routing in front of the legacy supervisor (spec/helios-proxy.md §5,
 //! spec/helios-api-v3.md §8.1): a pure decision from method, path and `User-Agent`, made
-//! against the routing snapshot ProxyActor publishes. The HTTP layer streams the bodies.
+//! against the routing snapshot ProxyActor publishes, and who may take the routes helios
+//! answers for the legacy supervisor (its `User-Agent` is only a claim: the device key is the
+//! proof). The HTTP layer streams the bodies.
 use std::sync::Arc;
+
+use crate::ports::apikeys::constant_time_eq;
+use crate::Secret;
 
 /// The legacy supervisor's requests carry `User-Agent: Supervisor/<version>`.
 pub const LEGACY_UA_PREFIX: &str = "Supervisor/";
@@ -60,6 +65,67 @@ pub enum Route {
     Unmanaged,
     /// Any other caller: forwarded to the legacy supervisor's device API.
     Legacy { base: String },
+}
+
+impl Route {
+    /// Whether helios acts on the request as the legacy supervisor's (serves it the legacy
+    /// copy, or merges its report into its own): only with the device key ([`authenticate`]).
+    /// The other routes are passed through to an upstream that checks the caller's key itself.
+    pub fn acts_for_legacy(&self) -> bool {
+        matches!(self, Route::LegacyTarget(_) | Route::LegacyReport { .. })
+    }
+}
+
+/// Whether a request that claims to be the legacy supervisor's proves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyAuth {
+    /// It presented the device's cloud API key: the legacy supervisor (which holds the same
+    /// key, spec/registration.md §8).
+    Device,
+    /// No key presented.
+    Missing,
+    /// A key that is not the device key.
+    Wrong,
+    /// helios does not know the device key yet (registering, or unmanaged).
+    Unknown,
+}
+
+impl LegacyAuth {
+    /// The `reason` field of the refusal (never the key).
+    pub fn reason(self) -> &'static str {
+        match self {
+            LegacyAuth::Device => "the device key",
+            LegacyAuth::Missing => "a Supervisor/ user agent without the device key",
+            LegacyAuth::Wrong => "a Supervisor/ user agent with a key that is not the device key",
+            LegacyAuth::Unknown => "the device key is not known yet",
+        }
+    }
+}
+
+/// The key a request presents the way the legacy supervisor sends its device key
+/// (spec/registration.md §8): the `apikey` query parameter (it wins, even when empty), else
+/// `Authorization: Bearer <key>` (scheme case-insensitive). Any characters: the key is the
+/// cloud's, whatever its format.
+pub fn presented_key<'a>(query: &'a str, authorization: Option<&'a str>) -> Option<&'a str> {
+    if let Some(k) = query.split('&').find_map(|p| p.strip_prefix("apikey=")) {
+        return Some(k);
+    }
+    let (scheme, key) = authorization?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(key)
+}
+
+/// Compares the presented key with the device key in constant time.
+pub fn authenticate(presented: Option<&str>, device_key: Option<&Secret>) -> LegacyAuth {
+    let Some(device_key) = device_key else {
+        return LegacyAuth::Unknown;
+    };
+    match presented {
+        None => LegacyAuth::Missing,
+        Some(k) if constant_time_eq(k.as_bytes(), device_key.expose().as_bytes()) => {
+            LegacyAuth::Device
+        }
+        Some(_) => LegacyAuth::Wrong,
+    }
 }
 
 impl Routing {
@@ -143,6 +209,66 @@ mod tests {
             );
         }
         assert_eq!(routing(None).route("GET", "/v7/x", ua), Route::Unmanaged);
+    }
+
+    #[test]
+    fn only_the_legacy_copy_and_report_need_the_device_key() {
+        let r = routing(Some("http://api"));
+        let ua = Some("Supervisor/16.0.0");
+        assert!(r
+            .route("GET", "/device/v3/dev1/state", ua)
+            .acts_for_legacy());
+        assert!(r.route("PATCH", "/device/v3/state", ua).acts_for_legacy());
+        // Passed through: the API or the legacy supervisor checks the caller's own key.
+        assert!(!r.route("GET", "/v7/device", ua).acts_for_legacy());
+        assert!(!r
+            .route("GET", "/device/v3/dev1/state", None)
+            .acts_for_legacy());
+        assert!(!routing(None)
+            .route("PATCH", "/device/v3/state", ua)
+            .acts_for_legacy());
+    }
+
+    #[test]
+    fn the_device_key_authenticates_the_legacy_supervisor() {
+        let key = Secret::new("c0ffee5a1b2c4d3e8f9a0b1c2d3e4f50");
+        assert_eq!(
+            authenticate(Some("c0ffee5a1b2c4d3e8f9a0b1c2d3e4f50"), Some(&key)),
+            LegacyAuth::Device
+        );
+        assert_eq!(authenticate(None, Some(&key)), LegacyAuth::Missing);
+        for wrong in [
+            "",
+            "c0ffee5a1b2c4d3e8f9a0b1c2d3e4f5",
+            "C0FFEE5A1B2C4D3E8F9A0B1C2D3E4F50",
+        ] {
+            assert_eq!(
+                authenticate(Some(wrong), Some(&key)),
+                LegacyAuth::Wrong,
+                "{wrong:?}"
+            );
+        }
+        assert_eq!(
+            authenticate(Some("c0ffee5a1b2c4d3e8f9a0b1c2d3e4f50"), None),
+            LegacyAuth::Unknown
+        );
+    }
+
+    #[test]
+    fn the_key_is_read_from_apikey_or_a_bearer_token() {
+        assert_eq!(
+            presented_key("a=1&apikey=k-1", Some("Bearer other")),
+            Some("k-1")
+        );
+        assert_eq!(presented_key("apikey=", None), Some(""));
+        assert_eq!(
+            presented_key("", Some("Bearer device-key")),
+            Some("device-key")
+        );
+        assert_eq!(presented_key("", Some("bearer k")), Some("k"));
+        assert_eq!(presented_key("xapikey=k", Some("Basic k")), None);
+        assert_eq!(presented_key("", Some("Bearer")), None);
+        assert_eq!(presented_key("", None), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The proxy's HTTP side (spec/helios-proxy.md §5, spec/helios-api-v3.md §8.1): asks the
 //! routing snapshot ProxyActor publishes where a request goes, then streams it there and the
 //! answer back (awc both ways, no buffering), or answers the legacy supervisor's target poll
-//! from the legacy copy. Only the legacy supervisor's state report is read whole (bounded), to
-//! take its `apps` out (spec/state-report-v3.md §3.5).
+//! from the legacy copy. The two routes helios answers as the legacy supervisor's (its target
+//! copy, its state report) need the device's cloud key, not just its `User-Agent`. Only its
+//! state report is read whole (bounded), to take its `apps` out (spec/state-report-v3.md §3.5);
+//! they are merged into helios's own report once the API accepted the rest.
 //!
 //! Streaming: request and answer bodies are never buffered (but that report); sizes are kept
 //! with `Content-Length` when known, chunked bodies stay chunked, hop-by-hop headers (and those
@@ -25,10 +27,10 @@ use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderMap, HeaderName};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use serde_json::{json, Value};
 
-use helios_actors::proxy::{Route, RoutingBus};
+use helios_actors::proxy::{authenticate, presented_key, LegacyAuth, Route, RoutingBus};
 
 use super::ApiState;
 
@@ -134,7 +136,13 @@ pub async fn forward(
         .headers()
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    match routing.route(req.method().as_str(), req.path(), ua) {
+    let route = routing.route(req.method().as_str(), req.path(), ua);
+    if route.acts_for_legacy() {
+        if let Some(refused) = refuse_unproven(&req, &state, routing.remote.is_none()) {
+            return refused;
+        }
+    }
+    match route {
         Route::LegacyTarget(None) => {
             debug!(path:% = req.path(), decision = "withhold",
                 reason = "no legacy target yet or helios is applying"; "Legacy target poll answered 503");
@@ -174,22 +182,69 @@ pub async fn forward(
                     );
                 }
             };
-            let body = strip_legacy_apps(&state, &routing, body);
-            send(&client.0, &req, &remote, "remote", Body::Bytes(body)).await
+            let (body, apps) = take_legacy_apps(&routing, body);
+            let answer = send(&client.0, &req, &remote, "remote", Body::Bytes(body)).await;
+            if let Some(apps) = apps {
+                merge_legacy_apps(&state, answer.status(), apps);
+            }
+            answer
         }
     }
 }
 
-/// Takes `apps` out of the legacy supervisor's state report: the apps it runs go to helios's
-/// reporter (which sends them with its own, whole); the rest of the report passes unchanged.
-/// A body that is not a report object passes unchanged.
-fn strip_legacy_apps(
-    state: &ApiState,
+/// Refuses a request that claims to be the legacy supervisor's (`User-Agent: Supervisor/`)
+/// on a route helios answers as its, unless it presents the device's cloud key (`apikey=` or
+/// `Authorization: Bearer`, as the legacy supervisor sends it): 401, one log line without the
+/// key. While helios does not know the key yet, 503 with a `Retry-After`.
+fn refuse_unproven(req: &HttpRequest, state: &ApiState, unmanaged: bool) -> Option<HttpResponse> {
+    let device_key = state.remote.read(|r| r.api_key.clone());
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let presented = presented_key(req.query_string(), authorization);
+    let auth = authenticate(presented, device_key.as_ref());
+    match auth {
+        LegacyAuth::Device => None,
+        LegacyAuth::Unknown => {
+            debug!(method:% = req.method(), path:% = req.path(), decision = "withhold",
+                reason = auth.reason(); "Legacy supervisor request answered 503");
+            Some(if unmanaged {
+                unavailable(600, "the device is not managed: no remote API")
+            } else {
+                unavailable(15, "the device key is not known yet")
+            })
+        }
+        LegacyAuth::Missing | LegacyAuth::Wrong => {
+            warn!(method:% = req.method(), path:% = req.path(), peer:? = req.peer_addr(),
+                decision = "refuse", reason = auth.reason(); "Legacy supervisor claim refused");
+            Some(HttpResponse::Unauthorized().json(json!({
+                "error": "the legacy supervisor's routes need the device API key"})))
+        }
+    }
+}
+
+/// Hands the legacy supervisor's reported apps to helios's reporter once the API accepted the
+/// report they came with (a refused report changes nothing; its status goes back unchanged).
+fn merge_legacy_apps(state: &ApiState, status: StatusCode, apps: serde_json::Map<String, Value>) {
+    if !status.is_success() {
+        info!(status = status.as_u16(), apps = apps.len(), decision = "drop",
+            reason = "the API did not accept the legacy report"; "Legacy report apps not merged");
+        return;
+    }
+    let changed = state.remote.update(|r| r.legacy_apps = apps);
+    debug!(decision = "merge", changed, reason = "helios reports every app, whole"; "Legacy report apps taken");
+}
+
+/// Takes `apps` out of the legacy supervisor's state report: the body to forward (the rest
+/// of the report, unchanged) and the apps it runs, for helios's reporter (which sends them
+/// with its own, whole). A body that is not a report object passes unchanged, with no apps.
+fn take_legacy_apps(
     routing: &helios_actors::proxy::Routing,
     body: web::Bytes,
-) -> web::Bytes {
+) -> (web::Bytes, Option<serde_json::Map<String, Value>>) {
     let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(&body) else {
-        return body;
+        return (body, None);
     };
     let mut found = None;
     for (uuid, dev) in doc.iter_mut() {
@@ -201,15 +256,15 @@ fn strip_legacy_apps(
         }
     }
     let Some(apps) = found else {
-        return body;
+        return (body, None);
     };
     let ours: serde_json::Map<String, Value> = apps
         .into_iter()
         .filter(|(k, _)| routing.legacy_apps.contains(k))
         .collect();
-    let changed = state.remote.update(|r| r.legacy_apps = ours);
-    debug!(decision = "merge", changed, reason = "helios reports every app, whole"; "Legacy report apps taken");
-    web::Bytes::from(serde_json::to_vec(&Value::Object(doc)).expect("a JSON value serialises"))
+    let body =
+        web::Bytes::from(serde_json::to_vec(&Value::Object(doc)).expect("a JSON value serialises"));
+    (body, Some(ours))
 }
 
 /// The `legacy_answering` capability follows every request proxied to the legacy supervisor:

@@ -1,14 +1,17 @@
 //! The proxy in front of a legacy supervisor (spec/helios-proxy.md §5, spec/helios-api-v3.md
 //! §8.1), without an engine: the routing matrix against a fake legacy supervisor and the fake
-//! balena API, 50 MB bodies streamed both ways, and upstreams that are down, slow or reset.
+//! balena API, 50 MB bodies streamed both ways, upstreams that are down, slow or reset, and
+//! clients that only claim to be the legacy supervisor.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use helios_actors::ports::store::{Durability, Store};
+
 use crate::support::agent::{eventually, Agent, AgentOpts};
-use crate::support::fake_cloud::FakeCloud;
+use crate::support::fake_cloud::{FakeCloud, Fault, Route};
 use crate::support::fake_legacy::{pattern_byte, pattern_sum, FakeLegacy};
 
 const UUID: &str = "proxy-device-1";
@@ -266,7 +269,10 @@ fn routes_every_caller_to_the_right_place() {
 
     // The legacy supervisor's target poll: 503 + Retry-After while helios has no copy for it
     // (here: no engine, so helios has not split any target).
-    let ua = [("User-Agent", LEGACY_UA)];
+    let ua = [
+        ("User-Agent", LEGACY_UA),
+        ("Authorization", "Bearer device-key"),
+    ];
     let path = format!("/device/v3/{UUID}/state");
     let t = request(agent.addr, "GET", &path, &ua, None);
     assert_eq!(t.status, 503);
@@ -460,4 +466,225 @@ fn unmanaged_the_legacy_supervisor_gets_503_with_retry_after_600() {
     assert_eq!(a.status, 503);
     assert_eq!(a.header("retry-after"), Some("600"));
     assert!(legacy.received().is_empty());
+}
+
+/// An app of the legacy supervisor's copy.
+const LEGACY_APP: &str = "bbbb0000000000000000000000000002";
+
+/// Stores a legacy copy as ProxyActor stores it (served again when the agent starts), with a
+/// config var a local process must not read.
+fn seed_legacy_target(o: &AgentOpts) {
+    let doc = json!({UUID: {"name": "proxied", "config": {"SECRET_VAR": "s3cr3t-config"},
+        "apps": {LEGACY_APP: {"id": 2, "name": "fleet2", "class": "fleet", "releases": {}}}}});
+    let (store, _) = Store::open(&o.state_dir(), 1 << 20).unwrap();
+    store
+        .put_json(
+            helios_actors::proxy::LEGACY_TARGET_KEY,
+            &doc,
+            Durability::Flush,
+        )
+        .unwrap();
+}
+
+/// A state report of the legacy supervisor with its app at `release`, plus `fields`.
+fn legacy_report(release: &str, fields: Value) -> String {
+    let mut dev = json!({"status": "Idle", "apps": {LEGACY_APP: {"release_uuid": release,
+        "releases": {}}}});
+    dev.as_object_mut()
+        .unwrap()
+        .extend(fields.as_object().unwrap().clone());
+    json!({ UUID: dev }).to_string()
+}
+
+fn patch_report(agent: &Agent, headers: &[(&str, &str)], report: &str) -> Answer {
+    let mut h = headers.to_vec();
+    h.push(("Content-Type", "application/json"));
+    request(
+        agent.addr,
+        "PATCH",
+        "/device/v3/state",
+        &h,
+        Some((report.len() as u64, &|i| report.as_bytes()[i as usize])),
+    )
+}
+
+/// The legacy supervisor's target poll with the device key, once the agent knows the key.
+fn legacy_copy(agent: &Agent) -> Answer {
+    let path = format!("/device/v3/{UUID}/state");
+    eventually(Duration::from_secs(10), || {
+        let a = request(
+            agent.addr,
+            "GET",
+            &path,
+            &[
+                ("User-Agent", "Supervisor/16.0.0"),
+                ("Authorization", "Bearer device-key"),
+            ],
+            None,
+        );
+        (a.status == 200).then_some(a)
+    })
+    .expect("the legacy supervisor, with the device key, gets its copy")
+}
+
+/// Log lines containing `needle`.
+fn count(agent: &Agent, needle: &str) -> usize {
+    agent.logs().iter().filter(|l| l.contains(needle)).count()
+}
+
+/// Recorded API requests whose body contains `needle` (a forwarded legacy report, or one of
+/// helios's own reports carrying the legacy supervisor's apps).
+fn sent_to_api(cloud: &FakeCloud, needle: &str) -> usize {
+    cloud
+        .requests()
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains(needle))
+        .count()
+}
+
+#[test]
+fn a_supervisor_user_agent_without_the_device_key_gets_nothing() {
+    let legacy = FakeLegacy::start();
+    let cloud = FakeCloud::start();
+    let home = tempfile::tempdir().unwrap();
+    let o = managed(opts(home.path(), &legacy.url), &cloud);
+    seed_legacy_target(&o);
+    let agent = Agent::start(o);
+    let ua = ("User-Agent", "Supervisor/16.0.0");
+    let path = format!("/device/v3/{UUID}/state");
+
+    // The legacy supervisor presents the device key, as a bearer token or `apikey=`.
+    let t = legacy_copy(&agent);
+    assert_eq!(t.json()[UUID]["config"]["SECRET_VAR"], "s3cr3t-config");
+    let q = request(
+        agent.addr,
+        "GET",
+        &format!("{path}?apikey=device-key"),
+        &[ua],
+        None,
+    );
+    assert_eq!(q.status, 200, "{q:?}");
+
+    // Any other local process claiming to be it: 401, nothing of the copy, one line each.
+    let attempts: [(String, Vec<(&str, &str)>); 4] = [
+        (path.clone(), vec![ua]),
+        (
+            path.clone(),
+            vec![ua, ("Authorization", "Bearer wrong-key")],
+        ),
+        // The legacy supervisor's device-API key is not its cloud identity.
+        (
+            path.clone(),
+            vec![ua, ("Authorization", "Bearer legacy-key")],
+        ),
+        (format!("{path}?apikey=wrong-key"), vec![ua]),
+    ];
+    for (p, headers) in &attempts {
+        let a = request(agent.addr, "GET", p, headers, None);
+        assert_eq!(a.status, 401, "{p} {headers:?}: {a:?}");
+        assert!(
+            !String::from_utf8_lossy(&a.head).contains("s3cr3t"),
+            "{a:?}"
+        );
+        assert!(a.json()["error"].is_string());
+    }
+
+    // Its state report without the key: 401, not forwarded, not merged.
+    let forged = legacy_report("forged", json!({"note": "forged-report"}));
+    for headers in [vec![ua], vec![ua, ("Authorization", "Bearer wrong-key")]] {
+        let a = patch_report(&agent, &headers, &forged);
+        assert_eq!(a.status, 401, "{a:?}");
+    }
+    // With the key: forwarded, and its app merged into helios's report.
+    let good = legacy_report("rel2", json!({}));
+    let a = patch_report(&agent, &[ua, ("Authorization", "Bearer device-key")], &good);
+    assert_eq!(a.status, 200, "{a:?}");
+    let merged = eventually(Duration::from_secs(20), || {
+        cloud.reports().into_iter().rev().find_map(|r| {
+            let app = r[UUID].get("apps")?.get(LEGACY_APP)?.clone();
+            Some(app)
+        })
+    })
+    .expect("helios reports the legacy supervisor's app");
+    assert_eq!(merged["release_uuid"], "rel2");
+    assert_eq!(sent_to_api(&cloud, "forged"), 0, "{:#?}", cloud.requests());
+    assert_eq!(count(&agent, "Legacy report apps taken"), 1);
+
+    let refusals = eventually(Duration::from_secs(5), || {
+        let l: Vec<String> = agent
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("Legacy supervisor claim refused"))
+            .collect();
+        (l.len() >= 6).then_some(l)
+    })
+    .expect("one line per refusal");
+    assert_eq!(refusals.len(), 6, "{refusals:#?}");
+    assert!(refusals
+        .iter()
+        .all(|l| l.contains("decision=refuse") && l.contains("reason=")));
+    assert!(
+        !agent
+            .logs()
+            .iter()
+            .any(|l| l.contains("wrong-key") || l.contains("device-key")),
+        "keys are never logged"
+    );
+}
+
+#[test]
+fn a_legacy_report_the_api_refuses_is_not_merged() {
+    let legacy = FakeLegacy::start();
+    let cloud = FakeCloud::start();
+    let home = tempfile::tempdir().unwrap();
+    let o = managed(opts(home.path(), &legacy.url), &cloud);
+    seed_legacy_target(&o);
+    let agent = Agent::start(o);
+    legacy_copy(&agent);
+    let headers = [
+        ("User-Agent", "Supervisor/16.0.0"),
+        ("Authorization", "Bearer device-key"),
+    ];
+
+    // The API answers 400 (a field of the wrong type) and 503: the status goes back, the apps
+    // stay out of helios's report.
+    let bad = legacy_report("refused-400", json!({"cpu_temp": "hot"}));
+    let a = patch_report(&agent, &headers, &bad);
+    assert_eq!(a.status, 400, "{a:?}");
+    cloud.inject_from(
+        Route::Report,
+        "Supervisor/",
+        1,
+        Fault::Status {
+            status: 503,
+            retry_after: Some(Duration::from_secs(30)),
+        },
+    );
+    let a = patch_report(&agent, &headers, &legacy_report("refused-503", json!({})));
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.header("retry-after"), Some("30"));
+
+    // An accepted one is merged.
+    let a = patch_report(&agent, &headers, &legacy_report("rel2", json!({})));
+    assert_eq!(a.status, 200, "{a:?}");
+    eventually(Duration::from_secs(20), || {
+        cloud
+            .reports()
+            .iter()
+            .any(|r| r[UUID]["apps"][LEGACY_APP]["release_uuid"] == "rel2")
+            .then_some(())
+    })
+    .expect("helios reports the accepted app");
+    assert_eq!(sent_to_api(&cloud, "refused-"), 0, "{:#?}", cloud.reports());
+    assert_eq!(count(&agent, "Legacy report apps taken"), 1);
+    let dropped = eventually(Duration::from_secs(5), || {
+        let l: Vec<String> = agent
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("Legacy report apps not merged"))
+            .collect();
+        (l.len() >= 2).then_some(l)
+    })
+    .expect("one line per refused report");
+    assert!(dropped[0].contains("status=400") && dropped[1].contains("status=503"));
 }

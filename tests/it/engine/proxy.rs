@@ -234,7 +234,10 @@ async fn splits_the_target_and_hands_the_rest_to_the_legacy_supervisor() {
     .expect("/v1/update reaches the legacy supervisor through helios's poll");
 
     // The legacy copy: the same device name and config, only the apps it runs.
-    let ua = [("User-Agent", "Supervisor/19.0.5")];
+    let ua = [
+        ("User-Agent", "Supervisor/19.0.5"),
+        ("Authorization", "Bearer device-key"),
+    ];
     let path = format!("/device/v3/{UUID}/state");
     let t = request(agent.addr, "GET", &path, &ua, None);
     assert_eq!(t.status, 200);
@@ -255,6 +258,7 @@ async fn splits_the_target_and_hands_the_rest_to_the_legacy_supervisor() {
         &path,
         &[
             ("User-Agent", "Supervisor/19.0.5"),
+            ("Authorization", "Bearer device-key"),
             ("If-None-Match", &etag),
         ],
         None,

@@ -115,13 +115,22 @@ struct State {
     targets: HashMap<String, Vec<u8>>,
     requests: Vec<Recorded>,
     reports: Vec<Report>,
-    faults: Vec<(Route, Fault, usize)>,
+    faults: Vec<Injected>,
     latency: Duration,
     target_gets: usize,
     next_id: u64,
     next_key: u64,
     /// Device tags as the API keeps them: (tag id, device id, key, value).
     tags: Vec<(u64, u64, String, String)>,
+}
+
+/// A fault waiting for the requests it applies to.
+struct Injected {
+    route: Route,
+    /// Only requests whose `User-Agent` starts with this (e.g. `Supervisor/`).
+    user_agent: Option<String>,
+    fault: Fault,
+    left: usize,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -224,8 +233,23 @@ impl FakeCloud {
 
     /// The next `n` requests to `route` get `fault` (faults queue up in the order given).
     pub fn inject(&self, route: Route, n: usize, fault: Fault) {
+        self.push_fault(route, None, n, fault);
+    }
+
+    /// Like [`FakeCloud::inject`], for requests whose `User-Agent` starts with `user_agent`
+    /// only (e.g. the legacy supervisor's state reports, not the agent's own).
+    pub fn inject_from(&self, route: Route, user_agent: &str, n: usize, fault: Fault) {
+        self.push_fault(route, Some(user_agent.to_owned()), n, fault);
+    }
+
+    fn push_fault(&self, route: Route, user_agent: Option<String>, n: usize, fault: Fault) {
         if n > 0 {
-            self.state().faults.push((route, fault, n));
+            self.state().faults.push(Injected {
+                route,
+                user_agent,
+                fault,
+                left: n,
+            });
         }
     }
 
@@ -328,7 +352,11 @@ async fn handle(state: Shared, req: HttpRequest, body: web::Bytes) -> HttpRespon
         if route == Route::Target {
             s.target_gets += 1;
         }
-        let fault = take_fault(&mut s.faults, route);
+        let ua = req
+            .headers()
+            .get("user-agent")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let fault = take_fault(&mut s.faults, route, ua.as_deref());
         (s.requests.len() - 1, fault, s.latency)
     };
     if !latency.is_zero() {
@@ -350,13 +378,16 @@ async fn handle(state: Shared, req: HttpRequest, body: web::Bytes) -> HttpRespon
     resp
 }
 
-fn take_fault(faults: &mut Vec<(Route, Fault, usize)>, route: Route) -> Option<Fault> {
-    let i = faults
-        .iter()
-        .position(|(r, _, _)| *r == Route::Any || *r == route)?;
-    let fault = faults[i].1.clone();
-    faults[i].2 -= 1;
-    if faults[i].2 == 0 {
+fn take_fault(faults: &mut Vec<Injected>, route: Route, ua: Option<&str>) -> Option<Fault> {
+    let i = faults.iter().position(|f| {
+        (f.route == Route::Any || f.route == route)
+            && f.user_agent
+                .as_deref()
+                .is_none_or(|want| ua.is_some_and(|ua| ua.starts_with(want)))
+    })?;
+    let fault = faults[i].fault.clone();
+    faults[i].left -= 1;
+    if faults[i].left == 0 {
         faults.remove(i);
     }
     Some(fault)
