@@ -8,7 +8,7 @@
 //! checks the pull-failure counter against the `Step failed` lines.
 //!
 //! A static registry rather than a handle passed to every actor: the step runner in
-//! `seek/plan.rs` is a free function inside mahler effects, and one registry per process is
+//! `seek/plan/` is a free function inside mahler effects, and one registry per process is
 //! what Prometheus scrapes anyway.
 //!
 //! What an apply counts: only applies that planned (or failed to), so `helios_applies_total`

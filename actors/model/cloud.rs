@@ -8,7 +8,7 @@
 //! than 255 bytes or with a newline; `config` or `apps` not objects; an app that does not
 //! parse (an `id` missing, a field of the wrong type), has no name or more than one release;
 //! more than one host app. Rejected alone: an app whose release fails validation (the /v3 app
-//! target rules, model/target.rs) keeps its previous target, or its current state when it had
+//! target rules, model/target/) keeps its previous target, or its current state when it had
 //! none, and is reported with that release `rejected`.
 //!
 //! The host app (`is_host`) is not an app helios runs but the host part of the target
