@@ -289,6 +289,25 @@ fn note_answering(req: &HttpRequest, upstream: &str, err: Option<&awc::error::Se
     }
 }
 
+/// `POST /v1/update` in proxy mode with a key helios does not know: the legacy supervisor's keys
+/// (the cloud's API proxy and its containers use those) are its to check, so the request goes
+/// to it unchanged. Its answer is returned, and whether it accepted the key (a 2xx): only then
+/// does helios poll too. None when the proxy has no routing yet.
+pub async fn legacy_update(
+    req: &HttpRequest,
+    body: web::Bytes,
+    state: &ApiState,
+    client: Option<web::Data<ProxyClient>>,
+) -> Option<(HttpResponse, bool)> {
+    let (Some(p), Some(client)) = (state.proxy.as_ref(), client) else {
+        return None;
+    };
+    let routing = p.routing.get()?;
+    let answer = send(&client.0, req, &routing.legacy, "legacy", Body::Bytes(body)).await;
+    let accepted = answer.status().is_success();
+    Some((answer, accepted))
+}
+
 enum Body {
     Stream(web::Payload),
     Bytes(web::Bytes),

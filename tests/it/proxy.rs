@@ -688,3 +688,70 @@ fn a_legacy_report_the_api_refuses_is_not_merged() {
     .expect("one line per refused report");
     assert!(dropped[0].contains("status=400") && dropped[1].contains("status=503"));
 }
+
+/// In front of a legacy supervisor, `POST /v1/update` with a key helios does not know (the
+/// cloud's API proxy holds the legacy supervisor's global key, its containers its scoped keys)
+/// goes to the legacy supervisor unchanged, which decides, `force` included; helios polls too
+/// once it accepted. A key neither knows gets the legacy supervisor's 401 and no poll.
+#[test]
+fn an_update_with_a_key_only_the_legacy_supervisor_knows_is_its_to_check() {
+    let legacy = FakeLegacy::start();
+    legacy.require_update_keys(&["legacy_global_key_0123", "legacy-key"]);
+    let cloud = FakeCloud::start();
+    let home = tempfile::tempdir().unwrap();
+    let agent = Agent::start(managed(opts(home.path(), &legacy.url), &cloud));
+    eventually(Duration::from_secs(30), || {
+        (cloud.target_gets() > 0).then_some(())
+    })
+    .expect("helios polls at start");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let body = br#"{"force":true}"#;
+    let byte = |i: u64| body[i as usize];
+    let gets = cloud.target_gets();
+    let ok = request(
+        agent.addr,
+        "POST",
+        "/v1/update",
+        &[
+            ("Authorization", "Bearer legacy_global_key_0123"),
+            ("Content-Type", "application/json"),
+        ],
+        Some((body.len() as u64, &byte)),
+    );
+    assert_eq!(ok.status, 204, "the legacy supervisor's answer");
+    let sent = legacy.received_at("/v1/update");
+    let r = sent
+        .last()
+        .expect("the trigger reached the legacy supervisor");
+    assert_eq!(
+        r.header("authorization"),
+        Some("Bearer legacy_global_key_0123")
+    );
+    assert_eq!(r.body, body, "unchanged, force included: its call");
+    eventually(Duration::from_secs(10), || {
+        (cloud.target_gets() > gets).then_some(())
+    })
+    .expect("helios polls once the legacy supervisor accepted the key");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let gets = cloud.target_gets();
+    let bad = request(
+        agent.addr,
+        "POST",
+        "/v1/update",
+        &[("Authorization", "Bearer nobody_knows_this_key")],
+        None,
+    );
+    assert_eq!(bad.status, 401);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cloud.target_gets(), gets, "no poll for a key nobody knows");
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("Update trigger refused") && l.contains("upstream=legacy")));
+    assert!(!agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("nobody_knows_this_key")));
+}

@@ -65,8 +65,23 @@ impl AgentOpts {
     pub fn state_dir(&self) -> PathBuf {
         self.home.join("state/helios")
     }
+    /// The config file the agent uses with these options: `--config`, else `HELIOS_CONFIG`,
+    /// else the XDG default under the home dir.
     pub fn config_path(&self) -> PathBuf {
-        self.home.join("config/helios/config.toml")
+        let flag = self
+            .args
+            .iter()
+            .position(|a| a == "--config")
+            .and_then(|i| self.args.get(i + 1));
+        let env = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "HELIOS_CONFIG")
+            .map(|(_, v)| v);
+        match flag.or(env) {
+            Some(p) => PathBuf::from(p),
+            None => self.home.join("config/helios/config.toml"),
+        }
     }
 }
 

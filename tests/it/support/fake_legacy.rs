@@ -48,6 +48,9 @@ struct State {
     received: Vec<Received>,
     /// `POST /v1/update` answers this status this many times, then 204.
     update_fail: Option<(u16, usize)>,
+    /// When set, `POST /v1/update` needs one of these keys (`Bearer` or `apikey=`), else 401,
+    /// as the legacy supervisor checks its own keys.
+    update_keys: Option<Vec<String>>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -101,6 +104,11 @@ impl FakeLegacy {
             .into_iter()
             .filter(|r| r.path == path)
             .collect()
+    }
+
+    /// `POST /v1/update` accepts only these keys from now on (401 otherwise).
+    pub fn require_update_keys(&self, keys: &[&str]) {
+        self.state().update_keys = Some(keys.iter().map(|k| k.to_string()).collect());
     }
 
     /// The next `n` `POST /v1/update` get `status`.
@@ -157,6 +165,22 @@ async fn handle(state: Shared, req: HttpRequest, mut payload: web::Payload) -> H
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     st.received.push(received);
     match (req.method().as_str(), path.as_str()) {
+        ("POST", "/v1/update")
+            if st.update_keys.as_ref().is_some_and(|keys| {
+                let bearer = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                let query = req
+                    .query_string()
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("apikey="));
+                !keys.iter().any(|k| Some(k.as_str()) == bearer.or(query))
+            }) =>
+        {
+            HttpResponse::Unauthorized().body("Unauthorized")
+        }
         ("POST", "/v1/update") => match st.update_fail.as_mut() {
             Some((status, n)) if *n > 0 => {
                 *n -= 1;
