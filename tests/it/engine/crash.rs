@@ -550,8 +550,17 @@ async fn a_cloud_document_whose_conversion_killed_helios_twice_is_given_up() {
         }
     };
     let mut first = Agent::start(opts.clone());
+    // "done" is also the status before the first poll: wait for the release itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !running("main_c1").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c1 never ran: {}",
+            first.get("/v3/status").body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     first.wait_status("done", Duration::from_secs(90));
-    assert!(running("main_c1").await);
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit(Duration::from_secs(30)).is_some());
     let marker = home.path().join("run").join("helios-converting");
