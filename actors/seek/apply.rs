@@ -144,9 +144,12 @@ impl SeekActor {
             Err(e) => {
                 error!(seq = req.seq, error:% = e, decision = "reject",
                     reason = "stored target does not fit the model"; "Target rejected");
-                self.deps.state.update(|c| c.seq = req.seq);
+                self.status = UpdateStatus::Rejected;
+                self.deps.state.update(|c| {
+                    c.seq = req.seq;
+                    c.status = UpdateStatus::Rejected;
+                });
                 self.target = Some(req);
-                self.set_status(UpdateStatus::Rejected);
                 return;
             }
         };
@@ -158,8 +161,13 @@ impl SeekActor {
             return;
         };
         self.target = Some(req.clone());
-        self.deps.state.update(|c| c.seq = req.seq);
-        self.set_status(UpdateStatus::ApplyingChanges);
+        // Sequence and status in one publish: a reader must never see the new target's
+        // sequence with the previous apply's `done`.
+        self.status = UpdateStatus::ApplyingChanges;
+        self.deps.state.update(|c| {
+            c.seq = req.seq;
+            c.status = UpdateStatus::ApplyingChanges;
+        });
         self.attempt += 1;
         let digest = target_digest(&req.target);
         let guard = if self.planned == Some(digest) {
