@@ -79,9 +79,9 @@ pub use route::{
 pub use split::{Owner, Split};
 
 /// Store key of the app owners of the last split (`{"<app uuid>": "helios" | "legacy"}`).
-pub const OWNERS_KEY: &str = "proxy/owners";
+pub const OWNERS_KEY: &str = crate::ports::store::keys::PROXY_OWNERS;
 /// Store key of the legacy supervisor's target copy (served again after a restart).
-pub const LEGACY_TARGET_KEY: &str = "proxy/legacy_target";
+pub const LEGACY_TARGET_KEY: &str = crate::ports::store::keys::PROXY_LEGACY_TARGET;
 
 /// The routing snapshot, written by ProxyActor (and its `legacy_apps` read by the proxy).
 pub type RoutingBus = Latest<Option<Arc<Routing>>>;

@@ -11,7 +11,7 @@ use super::apply::{target_digest, Cause};
 use super::{plan, SeekActor};
 
 /// Store key of the target Seek gave up on: `{"digest": "<16 hex>", "attempts": n}`.
-pub const GIVEN_UP_KEY: &str = "seek/given-up";
+pub const GIVEN_UP_KEY: &str = crate::ports::store::keys::GIVEN_UP;
 
 pub(super) fn read_given_up(store: &Store) -> Option<(u64, u32)> {
     let v = store.get_json(GIVEN_UP_KEY).ok().flatten()?;

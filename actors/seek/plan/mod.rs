@@ -67,9 +67,9 @@ pub use effects::{Effects, StepError};
 pub use query::target_images;
 
 /// Store key of the app records (id and name of every app, also those without containers).
-pub const APPS_KEY: &str = "apps";
+pub const APPS_KEY: &str = crate::ports::store::keys::APPS;
 /// Store key of the images helios pulled (only those are removed when unused).
-pub const IMAGES_KEY: &str = "images";
+pub const IMAGES_KEY: &str = crate::ports::store::keys::IMAGES;
 
 /// The worker template: every job at its route, with descriptions that say what and why.
 pub fn worker() -> Worker<Device, Uninitialized> {

@@ -27,7 +27,7 @@ use bollard::Docker;
 use serde_json::{json, Value};
 
 use crate::support::agent::{eventually, field, Agent, AgentOpts};
-use crate::support::infra::{docker, empty_engine, exec, infra, Infra};
+use crate::support::infra::{docker, empty_engine, exec, infra, running, Infra};
 
 const APP: &str = "crash-app";
 
@@ -451,16 +451,6 @@ async fn a_target_whose_planning_killed_helios_twice_is_given_up() {
             "main": service(&infra.image_a, 1, json!({}))}}}})
         .to_string()
     };
-    let running = |name: &'static str| {
-        let d = d.clone();
-        async move {
-            d.inspect_container(name, None::<InspectContainerOptions>)
-                .await
-                .ok()
-                .and_then(|c| c.state?.running)
-                == Some(true)
-        }
-    };
     let mut first = agent(infra, home.path());
     let r = first.post_json("/v3/device/apps/plan-app", &app("p1"));
     assert_eq!(r.status, 202, "{r:?}");
@@ -488,7 +478,7 @@ async fn a_target_whose_planning_killed_helios_twice_is_given_up() {
         !second.logs().iter().any(|l| l.contains("Plan computed")),
         "nothing was planned"
     );
-    assert!(running("main_p1").await, "what runs is left alone");
+    assert!(running(&d, "main_p1").await, "what runs is left alone");
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap(),
         format!("2 {digest}\n"),
@@ -498,7 +488,7 @@ async fn a_target_whose_planning_killed_helios_twice_is_given_up() {
     let r = second.post_json("/v3/device/apps/plan-app", &app("p2"));
     assert_eq!(r.status, 202, "{r:?}");
     second.wait_status("done", Duration::from_secs(60));
-    assert!(running("main_p2").await, "a new target is applied");
+    assert!(running(&d, "main_p2").await, "a new target is applied");
     assert!(!marker.exists(), "its planning ended: no marker");
     drop(second);
     empty_engine(&d).await;
@@ -539,20 +529,10 @@ async fn a_cloud_document_whose_conversion_killed_helios_twice_is_given_up() {
         .arg("device-key")
         .arg("--remote-poll-interval-ms")
         .arg("1000");
-    let running = |name: &'static str| {
-        let d = d.clone();
-        async move {
-            d.inspect_container(name, None::<InspectContainerOptions>)
-                .await
-                .ok()
-                .and_then(|c| c.state?.running)
-                == Some(true)
-        }
-    };
     let mut first = Agent::start(opts.clone());
     // "done" is also the status before the first poll: wait for the release itself.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !running("main_c1").await {
+    while !running(&d, "main_c1").await {
         assert!(
             std::time::Instant::now() < deadline,
             "c1 never ran: {}",
@@ -600,7 +580,7 @@ async fn a_cloud_document_whose_conversion_killed_helios_twice_is_given_up() {
             .is_err(),
         "nothing of c2 was created"
     );
-    assert!(running("main_c1").await, "what runs is left alone");
+    assert!(running(&d, "main_c1").await, "what runs is left alone");
     assert_eq!(
         std::fs::read_to_string(&marker).unwrap(),
         format!("2 {digest:016x}\n"),
@@ -612,7 +592,7 @@ async fn a_cloud_document_whose_conversion_killed_helios_twice_is_given_up() {
     let ok = {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if running("main_c3").await {
+            if running(&d, "main_c3").await {
                 break true;
             }
             if Instant::now() > deadline {

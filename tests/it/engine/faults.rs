@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use crate::support::agent::{eventually, field, Agent, AgentOpts};
 use crate::support::fake_cloud::FakeCloud;
-use crate::support::infra::{docker, empty_engine, infra, Infra};
+use crate::support::infra::{docker, empty_engine, infra, running, Infra};
 use crate::support::relay::Relay;
 use crate::support::tcp_relay::TcpRelay;
 
@@ -74,14 +74,6 @@ fn wait_give_up(agent: &Agent, mark: usize) -> String {
         .expect("the bad release is given up");
     assert!(line.contains("error="), "the reason is logged: {line}");
     field(&line, "attempts").unwrap()
-}
-
-async fn running(d: &bollard::Docker, name: &str) -> bool {
-    d.inspect_container(name, None::<InspectContainerOptions>)
-        .await
-        .ok()
-        .and_then(|c| c.state?.running)
-        == Some(true)
 }
 
 /// The value of one series (`name{labels}` exactly as exposed) in `GET /metrics`.

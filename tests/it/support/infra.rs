@@ -238,6 +238,18 @@ async fn engine_is_empty(docker: &Docker) -> bool {
         && images.is_empty()
 }
 
+/// Whether the container exists and runs.
+pub async fn running(d: &Docker, name: &str) -> bool {
+    d.inspect_container(
+        name,
+        None::<bollard::query_parameters::InspectContainerOptions>,
+    )
+    .await
+    .ok()
+    .and_then(|c| c.state?.running)
+        == Some(true)
+}
+
 /// Runs `cmd` in a running container and returns what it printed (stdout and stderr).
 pub async fn exec(d: &Docker, container: &str, cmd: &[&str]) -> String {
     use futures::StreamExt;
